@@ -34,15 +34,61 @@ pub const VERSION: &str = "v1alpha1";
     status = "ReplicateDeploymentStatus",
     derive = "PartialEq",
     doc = "A Replicate deployment (a dedicated model endpoint on replicate.com) managed from Kubernetes.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Replicate deployment matches the spec"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why it is or is not ready", priority = 1),
-    printcolumn(name = "Model", type_ = "string", json_path = ".spec.model", description = "The Replicate model"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.deployment.shortVersion", description = "The first 12 characters of the live version ID"),
-    printcolumn(name = "Hardware", type_ = "string", json_path = ".spec.hardware", description = "Hardware SKU"),
-    printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minInstances", description = "Minimum instances"),
-    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxInstances", description = "Maximum instances"),
-    printcolumn(name = "Release", type_ = "integer", json_path = ".status.deployment.releaseNumber", description = "Replicate release number", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the Replicate deployment matches the spec"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why it is or is not ready",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Model",
+        type_ = "string",
+        json_path = ".spec.model",
+        description = "The Replicate model"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.deployment.shortVersion",
+        description = "The first 12 characters of the live version ID"
+    ),
+    printcolumn(
+        name = "Hardware",
+        type_ = "string",
+        json_path = ".spec.hardware",
+        description = "Hardware SKU"
+    ),
+    printcolumn(
+        name = "Min",
+        type_ = "integer",
+        json_path = ".spec.minInstances",
+        description = "Minimum instances"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "integer",
+        json_path = ".spec.maxInstances",
+        description = "Maximum instances"
+    ),
+    printcolumn(
+        name = "Release",
+        type_ = "integer",
+        json_path = ".status.deployment.releaseNumber",
+        description = "Replicate release number",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new("self.minInstances <= self.maxInstances").message("minInstances must be less than or equal to maxInstances").field_path(".minInstances"))]
 #[x_kube(validation = Rule::new("has(self.deploymentName) == has(oldSelf.deploymentName)").message("deploymentName cannot be added or removed after creation: it names the Replicate deployment, which cannot be renamed; create a new ReplicateDeployment instead").field_path(".deploymentName"))]
@@ -296,7 +342,10 @@ mod tests {
         let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         let mut missing = Vec::new();
         walk_descriptions(schema, "", &mut missing);
-        assert!(missing.is_empty(), "fields without a description: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:?}"
+        );
     }
 
     fn walk_descriptions(node: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
@@ -304,7 +353,8 @@ mod tests {
             for (name, child) in props {
                 let child_path = format!("{path}.{name}");
                 // apiVersion/kind/metadata are documented by Kubernetes itself.
-                let standard = path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
+                let standard =
+                    path.is_empty() && matches!(name.as_str(), "apiVersion" | "kind" | "metadata");
                 if !standard && child.get("description").is_none() {
                     missing.push(child_path.clone());
                 }

@@ -36,11 +36,16 @@ pub enum SecretError {
 impl SigningKey {
     /// Parses `whsec_<base64>`; the prefix is optional, as in the Standard Webhooks libraries.
     pub fn from_secret(secret: &str) -> Result<Self, SecretError> {
-        let encoded = secret.trim().strip_prefix(SECRET_PREFIX).unwrap_or(secret.trim());
+        let encoded = secret
+            .trim()
+            .strip_prefix(SECRET_PREFIX)
+            .unwrap_or(secret.trim());
         if encoded.is_empty() {
             return Err(SecretError::Empty);
         }
-        let bytes = STANDARD.decode(encoded).map_err(|_| SecretError::NotBase64)?;
+        let bytes = STANDARD
+            .decode(encoded)
+            .map_err(|_| SecretError::NotBase64)?;
         if bytes.is_empty() {
             return Err(SecretError::Empty);
         }
@@ -82,7 +87,11 @@ mod tests {
     #[test]
     fn published_vector_signs_as_expected() {
         let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = key.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", br#"{"test": 2432232314}"#);
+        let sig = key.sign(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            "1614265330",
+            br#"{"test": 2432232314}"#,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 

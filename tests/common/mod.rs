@@ -1,0 +1,206 @@
+//! The shared test harness: a real etcd + kube-apiserver per test, started through the `envtest`
+//! crate from the binaries `make envtest-assets` builds (never downloaded), plus real `kubectl`.
+//!
+//! Every test gets its own control plane, so tests never see each other's objects and a failing
+//! test cannot leave state behind. The control plane is stopped when the `ControlPlane` is
+//! dropped, which also happens while a failing test unwinds.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, CustomResourceExt};
+use replicate_operator::crd::ReplicateDeployment;
+
+/// The Kubernetes release the control-plane binaries are built from (see the Makefile).
+pub const DEFAULT_K8S_VERSION: &str = "1.37.2";
+
+/// The directory that holds etcd, kube-apiserver and kubectl.
+pub fn assets_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KUBEBUILDER_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var("REPLICATE_OPERATOR_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            let home = std::env::var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
+            home.join("replicate-operator")
+        });
+    cache.join("envtest").join(DEFAULT_K8S_VERSION)
+}
+
+/// A running control plane with an admin client, a kubeconfig file for kubectl and one
+/// namespace created for the test.
+pub struct ControlPlane {
+    pub client: Client,
+    pub namespace: String,
+    kubeconfig_path: PathBuf,
+    _dir: tempfile::TempDir,
+    // Declared last so it is dropped last: dropping it stops etcd and kube-apiserver.
+    server: envtest::Server,
+}
+
+impl ControlPlane {
+    /// Starts etcd + kube-apiserver with the ReplicateDeployment CRD installed (and Established),
+    /// and creates the namespace `test`.
+    pub async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Starts a control plane without the CRD, for tests that install it themselves.
+    pub async fn start_without_crd() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(install_crd: bool) -> Self {
+        let assets = assets_dir();
+        assert!(
+            assets.join("kube-apiserver").exists() && assets.join("etcd").exists(),
+            "no control-plane binaries in {}: run `make envtest-assets` (or `make test`, which builds them)",
+            assets.display()
+        );
+        let mut env = envtest::Environment {
+            binary_assets_settings: envtest::BinaryAssetsSettings {
+                download_binary_assets: false,
+                binary_assets_directory: Some(assets.display().to_string()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        if install_crd {
+            env = env
+                .with_crds(ReplicateDeployment::crd())
+                .expect("the CRD serializes");
+        }
+        let server = env.create().await.expect("the control plane starts");
+
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig_path = dir.path().join("kubeconfig.json");
+        std::fs::write(&kubeconfig_path, server.as_ref()).unwrap();
+        let kubeconfig: Kubeconfig = serde_json::from_str(server.as_ref()).unwrap();
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("envtest's kubeconfig is usable");
+        let client = Client::try_from(config).unwrap();
+
+        let namespace = "test".to_string();
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": namespace }
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("the test namespace is created");
+
+        Self {
+            client,
+            namespace,
+            kubeconfig_path,
+            _dir: dir,
+            server,
+        }
+    }
+
+    /// The kubeconfig file (JSON) for kubectl and for operator processes started by tests.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// A `kubectl` command aimed at this control plane and the test namespace.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new(assets_dir().join("kubectl"));
+        // A cache of our own: kubectl caches discovery per server address, and ports get reused.
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig_path)
+            .arg("--cache-dir")
+            .arg(self._dir.path().join("kubectl-cache"))
+            .arg("--namespace")
+            .arg(&self.namespace);
+        cmd
+    }
+
+    /// Runs kubectl with the given arguments and, if given, a manifest on standard input.
+    pub fn run_kubectl(&self, args: &[&str], stdin: Option<&str>) -> KubectlOutput {
+        let mut cmd = self.kubectl();
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = cmd.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        KubectlOutput::from(child.wait_with_output().unwrap())
+    }
+
+    /// `kubectl apply -f -` of a manifest.
+    pub fn apply(&self, manifest: &str) -> KubectlOutput {
+        self.run_kubectl(&["apply", "-f", "-"], Some(manifest))
+    }
+}
+
+/// What a kubectl run printed, with its exit status.
+#[derive(Debug)]
+pub struct KubectlOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for KubectlOutput {
+    fn from(out: Output) -> Self {
+        Self {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl KubectlOutput {
+    /// Panics with both streams when kubectl failed.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.success,
+            "kubectl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what` in the message.
+/// For conditions the test cannot subscribe to (processes, external state); prefer watches or
+/// `kubectl wait` where they fit.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
