@@ -1,9 +1,14 @@
 use clap::{Parser, Subcommand};
+use replicate_operator::cli::{self, ControllerArgs};
+use replicate_operator::telemetry::{self, LogFormat};
 
 /// Manage Replicate deployments from Kubernetes.
 #[derive(Parser)]
 #[command(name = "replicate-operator", version, about)]
 struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -12,11 +17,27 @@ struct Cli {
 enum Command {
     /// Print the ReplicateDeployment CustomResourceDefinition as YAML.
     Crd,
+    /// Reconcile ReplicateDeployments with Replicate (needs KUBECONFIG or in-cluster config, and
+    /// REPLICATE_API_TOKEN unless every resource names a credentials Secret).
+    Controller(ControllerArgs),
 }
 
-fn main() {
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Crd => print!("{}", replicate_operator::crd::crd_yaml()),
+    telemetry::init(cli.log_format);
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", replicate_operator::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Controller(args) => cli::run_controller(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
