@@ -1,3 +1,4 @@
 pub mod crd;
+pub mod emulator;
 pub mod replicate;
 pub mod signature;
