@@ -20,6 +20,8 @@ enum Command {
     /// Reconcile ReplicateDeployments with Replicate (needs KUBECONFIG or in-cluster config, and
     /// REPLICATE_API_TOKEN unless every resource names a credentials Secret).
     Controller(ControllerArgs),
+    /// Run an in-memory Replicate API emulator.
+    Emulator(replicate_operator::emulator::cli::EmulatorArgs),
 }
 
 #[tokio::main]
@@ -31,7 +33,8 @@ async fn main() -> std::process::ExitCode {
             print!("{}", replicate_operator::crd::crd_yaml());
             Ok(())
         }
-        Command::Controller(args) => cli::run_controller(args).await,
+        Command::Controller(args) => cli::run_controller(args).await.map_err(|e| e.to_string()),
+        Command::Emulator(args) => replicate_operator::emulator::cli::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
