@@ -13,7 +13,7 @@ enum Command {
     /// Print the ReplicateDeployment CustomResourceDefinition as YAML.
     Crd,
     /// Run an in-memory Replicate API emulator.
-    Emulator(replicate_operator::emulator::cli::EmulatorArgs),
+    Emulator(Box<replicate_operator::emulator::cli::EmulatorArgs>),
 }
 
 fn main() {
@@ -26,7 +26,7 @@ fn main() {
                 .with_writer(std::io::stderr)
                 .init();
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            if let Err(error) = runtime.block_on(replicate_operator::emulator::cli::run(args)) {
+            if let Err(error) = runtime.block_on(replicate_operator::emulator::cli::run(*args)) {
                 eprintln!("error: {error}");
                 std::process::exit(1);
             }
