@@ -21,7 +21,7 @@ enum Command {
     /// REPLICATE_API_TOKEN unless every resource names a credentials Secret).
     Controller(ControllerArgs),
     /// Run an in-memory Replicate API emulator.
-    Emulator(replicate_operator::emulator::cli::EmulatorArgs),
+    Emulator(Box<replicate_operator::emulator::cli::EmulatorArgs>),
 }
 
 #[tokio::main]
@@ -34,7 +34,7 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Controller(args) => cli::run_controller(args).await.map_err(|e| e.to_string()),
-        Command::Emulator(args) => replicate_operator::emulator::cli::run(args).await.map_err(|e| e.to_string()),
+        Command::Emulator(args) => replicate_operator::emulator::cli::run(*args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ const DEFAULT_EVENTS: [WebhookEvent; 2] = [WebhookEvent::Output, WebhookEvent::C
 pub(crate) async fn run(shared: Arc<Shared>, id: String) {
     let timing = shared.config.predictions.clone();
     deliver_event(&shared, &id, WebhookEvent::Start, false).await;
-    tokio::time::sleep(timing.starting).await;
+    sleep_unless_canceled(&shared, &id, timing.starting).await;
     if stop_if_canceled(&shared, &id) {
         return;
     }
@@ -29,7 +29,7 @@ pub(crate) async fn run(shared: Arc<Shared>, id: String) {
         p.logs = Some("emulator: running prediction\n".into());
     });
     deliver_event(&shared, &id, WebhookEvent::Logs, false).await;
-    tokio::time::sleep(timing.processing).await;
+    sleep_unless_canceled(&shared, &id, timing.processing).await;
     if stop_if_canceled(&shared, &id) {
         return;
     }
@@ -55,6 +55,30 @@ pub(crate) async fn run(shared: Arc<Shared>, id: String) {
         },
         started,
     );
+}
+
+/// Sleeps for a step of the lifecycle, waking early when the prediction is canceled (its
+/// deployment disabled) so cancellation shows at once, as on Replicate.
+async fn sleep_unless_canceled(shared: &Shared, id: &str, duration: Duration) {
+    let mut changes = shared.changes.subscribe();
+    let deadline = Instant::now() + duration;
+    loop {
+        changes.mark_unchanged();
+        let canceled = shared
+            .world()
+            .predictions
+            .get(id)
+            .is_none_or(|p| p.cancel_requested);
+        if canceled || shared.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
 }
 
 /// Ends a prediction whose deployment was disabled meanwhile; true when it did.

@@ -383,7 +383,7 @@ impl World {
             .values()
             .filter(|d| d.deployment.owner == caller && d.seq < before)
             .collect();
-        owned.sort_by(|a, b| b.seq.cmp(&a.seq));
+        owned.sort_by_key(|d| std::cmp::Reverse(d.seq));
         let page: Vec<&DeploymentState> = owned.iter().take(self.page_size).copied().collect();
         let next = (owned.len() > page.len())
             .then(|| {

@@ -204,3 +204,75 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A controller running in this test process against a control plane and an emulator.
+/// Dropping it stops it (as a crash would: nothing is cleaned up on the way out).
+pub struct RunningController {
+    pub metrics: std::sync::Arc<replicate_operator::metrics::Metrics>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// Controller settings for tests: no periodic resync unless a test asks for one, short backoff,
+/// a deletable-at-once offline window.
+pub fn test_settings() -> replicate_operator::controller::Settings {
+    replicate_operator::controller::Settings {
+        resync_interval: Duration::from_secs(3600),
+        offline_window: Duration::from_millis(300),
+        credentials_grace: Duration::from_secs(2),
+        backoff_base: Duration::from_millis(200),
+        backoff_cap: Duration::from_secs(2),
+        webhook_base_url: None,
+    }
+}
+
+impl ControlPlane {
+    /// Starts the controller in-process, with the emulator's demo token as the default token.
+    pub fn start_controller(
+        &self,
+        emulator: &replicate_operator::emulator::Emulator,
+        settings: replicate_operator::controller::Settings,
+    ) -> RunningController {
+        use replicate_operator::controller::{self, Scope};
+        use replicate_operator::metrics::Metrics;
+        use replicate_operator::replicate::ReplicateClient;
+        replicate_operator::telemetry::init(replicate_operator::telemetry::LogFormat::Text);
+        let metrics = std::sync::Arc::new(Metrics::new());
+        let mut config = emulator.client_config();
+        let observer = metrics.clone();
+        config.observer = Some(std::sync::Arc::new(move |o: &replicate_operator::replicate::RequestOutcome| {
+            observer.replicate_request(o)
+        }));
+        let replicate = ReplicateClient::new(config).unwrap();
+        let handle = tokio::spawn(controller::run(
+            self.client.clone(),
+            replicate,
+            Some(emulator.demo_token()),
+            settings,
+            Scope { namespace: Some(self.namespace.clone()), selector: None, concurrency: 4 },
+            metrics.clone(),
+            std::future::pending(),
+        ));
+        RunningController { metrics, handle }
+    }
+
+    /// `kubectl wait` for a condition of one ReplicateDeployment.
+    pub fn wait_for(&self, name: &str, condition: &str, timeout_secs: u32) -> KubectlOutput {
+        self.run_kubectl(
+            &["wait", &format!("--for={condition}"), &format!("rdep/{name}"), &format!("--timeout={timeout_secs}s")],
+            None,
+        )
+    }
+}
+
+/// Starts an emulator with test timings.
+pub async fn start_emulator() -> replicate_operator::emulator::Emulator {
+    replicate_operator::emulator::Emulator::start(replicate_operator::emulator::config::EmulatorConfig::fast())
+        .await
+        .expect("the emulator starts")
+}

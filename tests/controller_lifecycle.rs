@@ -1,0 +1,93 @@
+//! The controller against a real kube-apiserver and the Replicate emulator: the life of one
+//! resource from apply to delete.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ControlPlane, eventually, start_emulator, test_settings};
+use replicate_operator::emulator::config::versions;
+
+const DEPLOYMENTS: &str = "/v1/deployments";
+const DEPLOYMENT: &str = "/v1/deployments/{owner}/{name}";
+
+fn manifest(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: replicate-operator.dev/v1alpha1
+kind: ReplicateDeployment
+metadata:
+  name: {name}
+spec:
+  model: replicate/hello-world
+  version: {version}
+  hardware: cpu
+  minInstances: 0
+  maxInstances: 1
+{extra}"#,
+        version = versions::HELLO_WORLD_V1
+    )
+}
+
+#[tokio::test]
+async fn create_update_and_delete_one_deployment() {
+    let cp = ControlPlane::start().await;
+    let emu = start_emulator().await;
+    let _controller = cp.start_controller(&emu, test_settings());
+
+    cp.apply(&manifest("hello", "")).ok();
+    cp.wait_for("hello", "condition=Ready", 60).ok();
+    let live = emu.deployment("demo", "hello").expect("the deployment exists on Replicate");
+    let release = live.current_release.as_ref().unwrap();
+    assert_eq!(release.model.as_deref(), Some("replicate/hello-world"));
+    assert_eq!(release.version.as_deref(), Some(versions::HELLO_WORLD_V1));
+    let counters = emu.counters();
+    assert_eq!(counters.count("POST", DEPLOYMENTS), 1, "{:?}", counters.rows());
+    assert_eq!(counters.count("PATCH", DEPLOYMENT), 0);
+
+    // The status tells what Replicate has.
+    let out = cp
+        .run_kubectl(&["get", "rdep", "hello", "-o", "jsonpath={.status.deployment.owner}/{.status.deployment.name}/{.status.deployment.releaseNumber}/{.status.observedGeneration}"], None)
+        .ok();
+    assert_eq!(out.stdout, "demo/hello/1/1");
+
+    // Change all four mutable fields at once: one PATCH.
+    emu.reset_counters();
+    cp.apply(&manifest("hello", "").replace(versions::HELLO_WORLD_V1, versions::HELLO_WORLD_V2).replace("hardware: cpu", "hardware: gpu-t4").replace("minInstances: 0", "minInstances: 1").replace("maxInstances: 1", "maxInstances: 3")).ok();
+    cp.wait_for("hello", "jsonpath={.status.observedGeneration}=2", 60).ok();
+    cp.wait_for("hello", "condition=Ready", 60).ok();
+    let counters = emu.counters();
+    assert_eq!(counters.count("PATCH", DEPLOYMENT), 1, "{:?}", counters.rows());
+    assert_eq!(counters.count("POST", DEPLOYMENTS), 0);
+    let config = emu.deployment("demo", "hello").unwrap().current_release.unwrap();
+    assert_eq!(config.number, Some(2));
+    assert_eq!(config.version.as_deref(), Some(versions::HELLO_WORLD_V2));
+    let c = config.configuration.unwrap();
+    assert_eq!((c.hardware.as_deref(), c.min_instances, c.max_instances), (Some("gpu-t4"), Some(1), Some(3)));
+
+    // Delete: taken offline, then deleted once Replicate allows it; then the resource is gone.
+    emu.reset_counters();
+    cp.run_kubectl(&["delete", "rdep", "hello", "--wait=false"], None).ok();
+    cp.run_kubectl(&["wait", "--for=delete", "rdep/hello", "--timeout=60s"], None).ok();
+    assert!(emu.deployment("demo", "hello").is_none(), "the deployment is deleted on Replicate");
+    let counters = emu.counters();
+    assert_eq!(counters.count("PATCH", DEPLOYMENT), 1, "one PATCH to 0/0: {:?}", counters.rows());
+    assert!(counters.count_status("DELETE", DEPLOYMENT, 204) == 1, "{:?}", counters.rows());
+}
+
+#[tokio::test]
+async fn orphan_policy_leaves_the_deployment_on_replicate() {
+    let cp = ControlPlane::start().await;
+    let emu = start_emulator().await;
+    let _controller = cp.start_controller(&emu, test_settings());
+
+    cp.apply(&manifest("keep", "  deletionPolicy: Orphan\n")).ok();
+    cp.wait_for("keep", "condition=Ready", 60).ok();
+    emu.reset_counters();
+    cp.run_kubectl(&["delete", "rdep", "keep", "--timeout=60s"], None).ok();
+    let live = emu.deployment("demo", "keep").expect("still on Replicate");
+    assert_eq!(live.current_release.unwrap().configuration.unwrap().max_instances, Some(1), "untouched");
+    let counters = emu.counters();
+    assert_eq!(counters.count("PATCH", DEPLOYMENT) + counters.count("DELETE", DEPLOYMENT), 0, "{:?}", counters.rows());
+    let _ = eventually("nothing", Duration::from_millis(1), || async { Some(()) }).await;
+}
