@@ -29,7 +29,7 @@ spec:
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_update_and_delete_one_deployment() {
     let cp = ControlPlane::start().await;
     let emu = start_emulator().await;
@@ -75,7 +75,7 @@ async fn create_update_and_delete_one_deployment() {
     assert!(counters.count_status("DELETE", DEPLOYMENT, 204) == 1, "{:?}", counters.rows());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orphan_policy_leaves_the_deployment_on_replicate() {
     let cp = ControlPlane::start().await;
     let emu = start_emulator().await;
