@@ -1,7 +1,7 @@
 //! The controller's Prometheus metrics, served on `/metrics` next to `/healthz` and `/readyz`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -41,6 +41,7 @@ pub struct Metrics {
     status_writes: Counter,
     leader: Gauge,
     ready: AtomicBool,
+    reconcile_duration_count: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -81,6 +82,7 @@ impl Metrics {
             status_writes,
             leader,
             ready: AtomicBool::new(false),
+            reconcile_duration_count: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +90,7 @@ impl Metrics {
         let result = error.unwrap_or("ok").to_string();
         self.reconciles.get_or_create(&ResultLabels { result }).inc();
         self.reconcile_duration.observe(took.as_secs_f64());
+        self.reconcile_duration_count.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hook for the Replicate client: one call per HTTP attempt.
@@ -104,6 +107,16 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
         self.request_duration.get_or_create(&labels).observe(outcome.latency.as_secs_f64());
         self.rate_limit_wait.observe(outcome.throttled.as_secs_f64());
+    }
+
+    /// Reconciles finished so far (any result), for tests that wait for resyncs.
+    pub fn reconcile_count(&self) -> u64 {
+        self.reconcile_duration_count.load(Ordering::Relaxed)
+    }
+
+    /// Status writes so far.
+    pub fn status_write_count(&self) -> u64 {
+        self.status_writes.get()
     }
 
     pub fn status_written(&self) {

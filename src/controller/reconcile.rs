@@ -215,7 +215,10 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
     }
     if !deleting && !has_finalizer {
         // Before anything exists on Replicate, so that a deletion can always clean up after us.
+        // The finalizer change itself triggers the next reconcile, which does the work; going on
+        // here would only race that one.
         add_finalizer(&api, rd).await?;
+        return Ok(Action::await_change());
     }
 
     let step = sync(rd, ctx, &api, &uid, deleting).await?;

@@ -75,3 +75,41 @@ pub struct CounterRow {
     pub status: u16,
     pub count: u64,
 }
+
+/// One request as the emulator saw it, for tests that check what was sent and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalEntry {
+    /// When the request arrived.
+    #[serde(skip)]
+    pub at: std::time::Instant,
+    pub method: String,
+    pub route: String,
+    pub path: String,
+    /// The status answered; [`NO_ANSWER`] when the connection was dropped.
+    pub status: u16,
+    /// The JSON body of a POST or PATCH, when it was JSON.
+    pub body: Option<serde_json::Value>,
+}
+
+/// The most recent requests, oldest first (bounded, so a long benchmark cannot grow it forever).
+#[derive(Debug, Default)]
+pub struct Journal(std::collections::VecDeque<JournalEntry>);
+
+impl Journal {
+    const CAPACITY: usize = 10_000;
+
+    pub fn push(&mut self, entry: JournalEntry) {
+        if self.0.len() == Self::CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(entry);
+    }
+
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        self.0.iter().cloned().collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}

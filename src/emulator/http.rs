@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::faults::{FaultAction, Faults};
 use super::world::{ApiProblem, Bucket, RateInfo};
-use super::{AccountDump, DeploymentDump, NO_ANSWER, Shared, StateDump, lifecycle};
+use super::{AccountDump, DeploymentDump, JournalEntry, NO_ANSWER, Shared, StateDump, lifecycle};
 
 /// The caller's account, set by the middleware for handlers.
 #[derive(Clone)]
@@ -81,14 +81,34 @@ async fn api_middleware(
 ) -> Response {
     let route = matched.as_str().to_owned();
     let method = request.method().as_str().to_owned();
-    tracing::debug!(%method, %route, path = %request.uri().path(), "emulator request");
+    let path = request.uri().path().to_owned();
+    tracing::debug!(%method, %route, %path, "emulator request");
+    // Keep a copy of JSON bodies for the journal (they are small; the limit guards the rest).
+    let mut body_json = None;
+    if matches!(request.method(), &axum::http::Method::POST | &axum::http::Method::PATCH) {
+        let (parts, body) = request.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        body_json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
+        request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let arrived = std::time::Instant::now();
     let verdict = shared
         .faults()
         .decide(&method, &route, || rand::rng().random::<f64>());
     if verdict.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(verdict.delay_ms)).await;
     }
-    let record = |status: u16| shared.counters().record(&route, &method, status);
+    let record = |status: u16| {
+        shared.counters().record(&route, &method, status);
+        shared.journal().push(JournalEntry {
+            at: arrived,
+            method: method.clone(),
+            route: route.clone(),
+            path: path.clone(),
+            status,
+            body: body_json.clone(),
+        });
+    };
     match verdict.action {
         Some(FaultAction::Drop) => {
             record(NO_ANSWER);

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 pub use config::{
     AccountSeed, DEMO_TOKEN, DEMO_USERNAME, EmulatorConfig, InstanceCaps, RateLimitSeed, Seed,
 };
-pub use counters::{CounterKey, Counters, NO_ANSWER};
+pub use counters::{CounterKey, Counters, JournalEntry, NO_ANSWER};
 pub use faults::{FaultAction, FaultRule, Faults};
 pub use world::{ApiProblem, DeliveryRecord};
 
@@ -70,6 +70,7 @@ pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub faults: Mutex<Faults>,
     pub counters: Mutex<Counters>,
+    pub journal: Mutex<counters::Journal>,
     /// Bumped on every change tests may wait for (predictions, deliveries).
     pub changes: watch::Sender<u64>,
     pub webhook_http: reqwest::Client,
@@ -82,6 +83,9 @@ impl Shared {
     }
     pub fn counters(&self) -> MutexGuard<'_, Counters> {
         self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn journal(&self) -> MutexGuard<'_, counters::Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
     pub fn faults(&self) -> MutexGuard<'_, Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
@@ -134,6 +138,7 @@ impl Emulator {
             public_url: public_url.trim_end_matches('/').to_owned(),
             world: Mutex::new(world),
             counters: Mutex::new(Counters::default()),
+            journal: Mutex::new(Default::default()),
             changes: watch::channel(0).0,
             webhook_http,
             stopped: AtomicBool::new(false),
@@ -182,8 +187,15 @@ impl Emulator {
         self.shared.counters().clone()
     }
 
+    /// Clears the counters and the request journal.
     pub fn reset_counters(&self) {
         *self.shared.counters() = Counters::default();
+        self.shared.journal().clear();
+    }
+
+    /// The most recent API requests, oldest first, with their JSON bodies.
+    pub fn journal(&self) -> Vec<JournalEntry> {
+        self.shared.journal().entries()
     }
 
     /// The fault controls.

@@ -241,7 +241,9 @@ impl ControlPlane {
         use replicate_operator::controller::{self, Scope};
         use replicate_operator::metrics::Metrics;
         use replicate_operator::replicate::ReplicateClient;
-        replicate_operator::telemetry::init(replicate_operator::telemetry::LogFormat::Text);
+        if std::env::var_os("RUST_LOG").is_some() {
+            replicate_operator::telemetry::init(replicate_operator::telemetry::LogFormat::Text);
+        }
         let metrics = std::sync::Arc::new(Metrics::new());
         let mut config = emulator.client_config();
         let observer = metrics.clone();
@@ -275,4 +277,66 @@ pub async fn start_emulator() -> replicate_operator::emulator::Emulator {
     replicate_operator::emulator::Emulator::start(replicate_operator::emulator::config::EmulatorConfig::fast())
         .await
         .expect("the emulator starts")
+}
+
+impl ControlPlane {
+    /// One ReplicateDeployment, read through the API.
+    pub async fn get_rd(&self, name: &str) -> Option<replicate_operator::crd::ReplicateDeployment> {
+        Api::<ReplicateDeployment>::namespaced(self.client.clone(), &self.namespace).get_opt(name).await.unwrap()
+    }
+
+    /// Waits until condition `type_` of `name` has `status` and `reason`, and returns it.
+    pub async fn wait_condition(
+        &self,
+        name: &str,
+        type_: &str,
+        status: &str,
+        reason: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        let what = format!("{name}: {type_}={status} ({reason})");
+        eventually(&what, Duration::from_secs(60), || async {
+            let rd = self.get_rd(name).await?;
+            rd.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+        })
+        .await
+    }
+
+    /// The reasons of the Events recorded for one resource.
+    pub async fn event_reasons(&self, name: &str) -> Vec<String> {
+        use k8s_openapi::api::events::v1::Event;
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.namespace)
+            .list(&Default::default())
+            .await
+            .unwrap();
+        events
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    /// Waits until an Event with `reason` exists for `name`.
+    pub async fn wait_event(&self, name: &str, reason: &str) {
+        eventually(&format!("event {reason} for {name}"), Duration::from_secs(60), || async {
+            self.event_reasons(name).await.iter().any(|r| r == reason).then_some(())
+        })
+        .await
+    }
+}
+
+/// A ReplicateDeployment manifest for the emulator's hello-world model, with extra spec lines.
+pub fn hello_manifest(name: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: replicate-operator.dev/v1alpha1\nkind: ReplicateDeployment\nmetadata:\n  name: {name}\nspec:\n  model: replicate/hello-world\n  version: {}\n  hardware: cpu\n  minInstances: 0\n  maxInstances: 1\n{extra_spec}",
+        replicate_operator::emulator::config::versions::HELLO_WORLD_V1
+    )
+}
+
+/// A Secret holding a Replicate token under key `token`.
+pub fn token_secret(name: &str, token: &str) -> String {
+    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  token: {token}\n")
 }
