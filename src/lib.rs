@@ -1,2 +1,3 @@
 pub mod crd;
 pub mod signature;
+pub mod webhook;

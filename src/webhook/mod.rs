@@ -1,0 +1,8 @@
+//! The webhook sidecar: receives Replicate's signed prediction webhooks, verifies them and
+//! records their effect in the status of the matching `ReplicateDeployment`.
+//!
+//! - [`prediction`]: what a webhook body says (a prediction object), parsed leniently.
+//! - [`apply`]: pure status computation from a batch of verified deliveries.
+
+pub mod apply;
+pub mod prediction;
