@@ -31,7 +31,7 @@ impl std::fmt::Debug for SigningKey {
 }
 
 /// Why a secret could not be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SecretError {
     #[error("the webhook secret is empty")]
     Empty,
@@ -210,6 +210,28 @@ pub fn verify(
     now: jiff::Timestamp,
     tolerance: Duration,
 ) -> Result<Verified, VerifyError> {
+    check_delivery(headers, body, now, tolerance)?.verify(keys)
+}
+
+/// A delivery that passed every check that needs no key: the first half of [`verify`], so a
+/// server can refuse malformed or replayed requests before looking up any secret.
+#[derive(Debug)]
+pub struct Candidate<'a> {
+    id: &'a str,
+    timestamp_text: &'a str,
+    timestamp: i64,
+    signatures: Vec<Vec<u8>>,
+    body: &'a [u8],
+}
+
+/// Headers present, body non-empty, timestamp well-formed and within tolerance, signature
+/// header well-formed.
+pub fn check_delivery<'a>(
+    headers: SignedHeaders<'a>,
+    body: &'a [u8],
+    now: jiff::Timestamp,
+    tolerance: Duration,
+) -> Result<Candidate<'a>, VerifyError> {
     let id = required(headers.id, Header::Id)?;
     let timestamp_text = required(headers.timestamp, Header::Timestamp)?;
     let signature_header = required(headers.signature, Header::Signature)?;
@@ -219,27 +241,46 @@ pub fn verify(
     let timestamp = parse_timestamp(timestamp_text)?;
     check_tolerance(timestamp, now.as_second(), tolerance)?;
     let signatures = parse_signature_header(signature_header)?;
-    if keys.is_empty() {
-        return Err(VerifyError::NoSecret);
+    Ok(Candidate {
+        id,
+        timestamp_text,
+        timestamp,
+        signatures,
+        body,
+    })
+}
+
+impl Candidate<'_> {
+    /// The `webhook-id`.
+    pub fn webhook_id(&self) -> &str {
+        self.id
     }
-    for (key_index, key) in keys.iter().enumerate() {
-        let expected = key.tag(id, timestamp_text, body);
-        // Compare against every entry without stopping early on a match, so the time taken
-        // does not depend on which entry matched.
-        let matched = signatures
-            .iter()
-            .fold(subtle::Choice::from(0), |acc, candidate| {
-                acc | expected[..].ct_eq(candidate.as_slice())
-            });
-        if bool::from(matched) {
-            return Ok(Verified {
-                webhook_id: id.to_owned(),
-                timestamp,
-                key_index,
-            });
+
+    /// The second half of [`verify`]: does a `v1` signature match under one of `keys`?
+    pub fn verify(&self, keys: &[SigningKey]) -> Result<Verified, VerifyError> {
+        if keys.is_empty() {
+            return Err(VerifyError::NoSecret);
         }
+        for (key_index, key) in keys.iter().enumerate() {
+            let expected = key.tag(self.id, self.timestamp_text, self.body);
+            // Compare against every entry without stopping early on a match, so the time taken
+            // does not depend on which entry matched.
+            let matched = self
+                .signatures
+                .iter()
+                .fold(subtle::Choice::from(0), |acc, candidate| {
+                    acc | expected[..].ct_eq(candidate.as_slice())
+                });
+            if bool::from(matched) {
+                return Ok(Verified {
+                    webhook_id: self.id.to_owned(),
+                    timestamp: self.timestamp,
+                    key_index,
+                });
+            }
+        }
+        Err(VerifyError::NoMatchingSignature { keys: keys.len() })
     }
-    Err(VerifyError::NoMatchingSignature { keys: keys.len() })
 }
 
 fn required<'a>(value: Option<&'a str>, header: Header) -> Result<&'a str, VerifyError> {

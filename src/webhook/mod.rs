@@ -5,4 +5,10 @@
 //! - [`apply`]: pure status computation from a batch of verified deliveries.
 
 pub mod apply;
+pub mod commit;
+pub mod kube_store;
+pub mod metrics;
 pub mod prediction;
+pub mod secrets;
+pub mod server;
+pub mod store;
