@@ -111,6 +111,9 @@ pub struct CachedSecrets<L> {
 }
 
 struct Cached {
+    /// What the loader returned last.
+    fetched: Keys,
+    /// `fetched`, then the keys fetched the time before (the rotation overlap).
     keys: Keys,
     fetched_at: tokio::time::Instant,
 }
@@ -136,9 +139,10 @@ impl<L: SecretLoader> CachedSecrets<L> {
     }
 
     async fn fetch(&self, resource: &ResourceInfo) -> Result<Cached, SecretSourceError> {
-        let keys = self.loader.load(resource).await?;
+        let fetched: Keys = self.loader.load(resource).await?.into();
         Ok(Cached {
-            keys: keys.into(),
+            keys: fetched.clone(),
+            fetched,
             fetched_at: tokio::time::Instant::now(),
         })
     }
@@ -171,18 +175,23 @@ impl<L: SecretLoader> SecretSource for CachedSecrets<L> {
             let mut cached = slot.lock().await;
             let previous = match cached.as_ref() {
                 Some(c) if c.fetched_at.elapsed() < self.min_refetch => return Ok(None),
-                Some(c) => c.keys.clone(),
+                Some(c) => c.fetched.clone(),
                 None => Keys::from(Vec::new()),
             };
             let mut fresh = self.fetch(resource).await?;
-            if fresh.keys == previous {
+            if fresh.fetched == previous {
                 cached.as_mut().expect("present when unchanged").fetched_at = fresh.fetched_at;
                 return Ok(None);
             }
-            // Keep the keys of the previous generation too: deliveries signed just before the
-            // rotation may still be in flight (or retried) and must not be dropped.
-            let mut merged: Vec<SigningKey> = fresh.keys.to_vec();
-            merged.extend(previous.iter().filter(|k| !fresh.keys.contains(k)).cloned());
+            // Keep the previous generation too (one generation only): deliveries signed just
+            // before the rotation may still be in flight, or be retried, and must not be dropped.
+            let mut merged: Vec<SigningKey> = fresh.fetched.to_vec();
+            merged.extend(
+                previous
+                    .iter()
+                    .filter(|k| !fresh.fetched.contains(k))
+                    .cloned(),
+            );
             fresh.keys = merged.into();
             let keys = fresh.keys.clone();
             *cached = Some(fresh);
