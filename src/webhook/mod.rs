@@ -12,3 +12,4 @@ pub mod prediction;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod bench;
