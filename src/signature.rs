@@ -283,7 +283,7 @@ impl Candidate<'_> {
     }
 }
 
-fn required<'a>(value: Option<&'a str>, header: Header) -> Result<&'a str, VerifyError> {
+fn required(value: Option<&str>, header: Header) -> Result<&str, VerifyError> {
     match value {
         Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(VerifyError::MissingHeader(header)),
