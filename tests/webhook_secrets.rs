@@ -192,3 +192,28 @@ async fn an_unreachable_secret_source_answers_503() {
     );
     assert_eq!(store.writes(), 0);
 }
+
+#[tokio::test]
+async fn a_failing_first_fetch_is_not_retried_within_the_rate_limit() {
+    let fake = fake_replicate(signing_key(1)).await;
+    let loader = ReplicateApiLoader {
+        http: reqwest::Client::new(),
+        base_url: fake.base_url.clone(),
+        tokens: FixedToken(ApiToken::new("revoked")),
+    };
+    let (server, _store) = server(
+        CachedSecrets::new(loader, Duration::from_secs(3600)),
+        config(),
+    );
+    let router = server.router();
+    for i in 0..5 {
+        let d = Delivery::signed(
+            &signing_key(1),
+            &format!("w{i}"),
+            &prediction("p1", "succeeded", 1),
+            0,
+        );
+        assert_eq!(deliver(&router, &d).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
+}

@@ -107,7 +107,15 @@ pub trait SecretLoader: Send + Sync + 'static {
 pub struct CachedSecrets<L> {
     loader: L,
     min_refetch: Duration,
-    accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    accounts: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The last failed first fetch: not retried before `min_refetch` has passed, so requests
+    /// for an account whose token is broken cannot make the sidecar hammer Replicate.
+    failure: Option<(tokio::time::Instant, SecretSourceError)>,
 }
 
 struct Cached {
@@ -128,7 +136,7 @@ impl<L: SecretLoader> CachedSecrets<L> {
     }
 
     /// One slot per account; its async lock makes concurrent misses share one fetch.
-    fn slot(&self, resource: &ResourceInfo) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+    fn slot(&self, resource: &ResourceInfo) -> Arc<tokio::sync::Mutex<Slot>> {
         let account = self.loader.account(resource);
         self.accounts
             .lock()
@@ -155,14 +163,29 @@ impl<L: SecretLoader> SecretSource for CachedSecrets<L> {
     ) -> BoxFuture<'a, Result<Keys, SecretSourceError>> {
         Box::pin(async move {
             let slot = self.slot(resource);
-            let mut cached = slot.lock().await;
-            if let Some(c) = cached.as_ref() {
+            let mut slot = slot.lock().await;
+            if let Some(c) = slot.cached.as_ref() {
                 return Ok(c.keys.clone());
             }
-            let fresh = self.fetch(resource).await?;
-            let keys = fresh.keys.clone();
-            *cached = Some(fresh);
-            Ok(keys)
+            if let Some((at, error)) = &slot.failure
+                && at.elapsed() < self.min_refetch
+            {
+                return Err(error.clone());
+            }
+            match self.fetch(resource).await {
+                Ok(fresh) => {
+                    let keys = fresh.keys.clone();
+                    *slot = Slot {
+                        cached: Some(fresh),
+                        failure: None,
+                    };
+                    Ok(keys)
+                }
+                Err(e) => {
+                    slot.failure = Some((tokio::time::Instant::now(), e.clone()));
+                    Err(e)
+                }
+            }
         })
     }
 
@@ -172,7 +195,8 @@ impl<L: SecretLoader> SecretSource for CachedSecrets<L> {
     ) -> BoxFuture<'a, Result<Option<Keys>, SecretSourceError>> {
         Box::pin(async move {
             let slot = self.slot(resource);
-            let mut cached = slot.lock().await;
+            let mut slot = slot.lock().await;
+            let cached = &mut slot.cached;
             let previous = match cached.as_ref() {
                 Some(c) if c.fetched_at.elapsed() < self.min_refetch => return Ok(None),
                 Some(c) => c.fetched.clone(),
