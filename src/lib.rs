@@ -5,6 +5,7 @@
 //! - [`controller`]: the reconcile loop.
 //! - [`emulator`]: an in-memory Replicate API for tests, benchmarks and the local demo.
 //! - [`signature`]: Standard Webhooks signing and verification.
+//! - [`webhook`]: the sidecar that records verified webhooks in the status.
 //! - [`metrics`], [`telemetry`], [`cli`]: running it.
 
 pub mod cli;
@@ -15,3 +16,4 @@ pub mod metrics;
 pub mod replicate;
 pub mod signature;
 pub mod telemetry;
+pub mod webhook;

@@ -22,6 +22,8 @@ enum Command {
     Controller(ControllerArgs),
     /// Run an in-memory Replicate API emulator.
     Emulator(Box<replicate_operator::emulator::cli::EmulatorArgs>),
+    /// Run the webhook sidecar: verify Replicate's signed webhooks and record them in status.
+    Webhook(replicate_operator::webhook::cli::WebhookArgs),
 }
 
 #[tokio::main]
@@ -35,6 +37,7 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Controller(args) => cli::run_controller(args).await.map_err(|e| e.to_string()),
         Command::Emulator(args) => replicate_operator::emulator::cli::run(*args).await.map_err(|e| e.to_string()),
+        Command::Webhook(args) => replicate_operator::webhook::cli::run(args).await.map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
