@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::controller::{self, Scope, Settings};
+use crate::leader::Election;
 use crate::metrics::Metrics;
 use crate::replicate::{ApiToken, ClientConfig, ReplicateClient};
 
@@ -50,6 +51,24 @@ pub struct ControllerArgs {
     /// Serve /metrics, /healthz and /readyz here.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Elect a leader among replicas through a Lease; only the leader reconciles.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "replicate-operator")]
+    pub lease_name: String,
+    /// The Lease's namespace (in a cluster: the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the election (in a cluster: the Pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long the lease lasts without renewal: the longest a failover takes.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// How long before expiry the leader renews the lease.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_grace: Duration,
 }
 
 /// Why a service could not start.
@@ -61,6 +80,8 @@ pub enum StartError {
     Replicate(#[from] crate::replicate::ConfigError),
     #[error("cannot serve on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Election(#[from] crate::leader::ElectionError),
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
@@ -88,8 +109,40 @@ pub async fn run_controller(args: ControllerArgs) -> Result<(), StartError> {
         webhook_base_url: args.webhook_base_url,
     };
     let scope = Scope { namespace: args.namespace, selector: args.selector, concurrency: args.concurrency };
-    controller::run(client, replicate, ApiToken::from_env(), settings, scope, metrics, shutdown_signal()).await;
+    let default_token = ApiToken::from_env();
+    // Serving probes does not depend on leadership: a standby replica is healthy and ready.
+    metrics.set_ready(true);
+    if !args.leader_election {
+        controller::run(client, replicate, default_token, settings, scope, metrics, shutdown_signal()).await;
+        return Ok(());
+    }
+    let election = Election {
+        lease_name: args.lease_name,
+        namespace: args.lease_namespace,
+        identity: args.identity.unwrap_or_else(random_identity),
+        duration_secs: args.lease_duration.as_secs().max(2),
+        grace_secs: args.lease_grace.as_secs().max(1),
+    };
+    let kube = client.clone();
+    crate::leader::run_as_leader(kube, election, metrics.clone(), shutdown_signal(), move |stop| {
+        controller::run(
+            client.clone(),
+            replicate.clone(),
+            default_token.clone(),
+            settings.clone(),
+            scope.clone(),
+            metrics.clone(),
+            stop,
+        )
+    })
+    .await?;
     Ok(())
+}
+
+/// A unique identity when no Pod name is given (running outside a cluster).
+fn random_identity() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replicate-operator".into());
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod emulator;
+pub mod leader;
 pub mod metrics;
 pub mod replicate;
 pub mod signature;

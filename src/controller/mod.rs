@@ -107,7 +107,6 @@ pub async fn run(
     ));
 
     info!(namespace = ?scope.namespace, selector = ?scope.selector, "controller starting");
-    metrics.set_ready(true);
     Controller::for_stream(resource_events, store)
         .watches_stream(secret_events, by_secret)
         .with_config(ControllerConfig::default().concurrency(scope.concurrency))
