@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::{ControlPlane, start_emulator, test_settings};
 use replicate_operator::emulator::config::versions;

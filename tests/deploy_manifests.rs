@@ -40,25 +40,6 @@ fn documents(yaml: &str) -> Vec<Value> {
         .collect()
 }
 
-/// kubectl as the control plane's admin, without the harness's `--namespace test`: kubectl refuses
-/// to apply objects that name another namespace when `--namespace` is given.
-fn admin(cp: &ControlPlane, args: &[&str]) -> KubectlOutput {
-    kubectl_with(cp.kubeconfig(), args)
-}
-
-fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> KubectlOutput {
-    let dir = kubeconfig.parent().unwrap().join("kubectl-cache-admin");
-    let out = Command::new(common::assets_dir().join("kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--cache-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    KubectlOutput::from(out)
-}
-
 fn rendered_base() -> Vec<Value> {
     documents(&kustomize("deploy"))
 }
@@ -403,11 +384,9 @@ fn samples_kustomization_lists_every_sample() {
 async fn base_passes_server_side_dry_run() {
     let cp = ControlPlane::start().await;
     // A dry run creates nothing, so the namespace objects go into must exist already.
-    admin(&cp, &["create", "namespace", NAMESPACE]).ok();
+    cp.admin(&["create", "namespace", NAMESPACE]).ok();
     let base = repo_path("deploy");
-    let out = admin(
-        &cp,
-        &[
+    let out = cp.admin(&[
             "apply",
             "-k",
             base.to_str().unwrap(),
@@ -434,14 +413,12 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
     let base = repo_path("deploy");
     let base = base.to_str().unwrap();
 
-    let out = admin(&cp, &["apply", "-k", base, "--server-side"]).ok();
+    let out = cp.admin(&["apply", "-k", base, "--server-side"]).ok();
     assert!(
         !out.stderr.contains("Warning"),
         "no Pod Security (or other) warnings: {out:?}"
     );
-    admin(
-        &cp,
-        &[
+    cp.admin(&[
             "wait",
             "--for=condition=Established",
             "crd/replicatedeployments.replicate-operator.dev",
@@ -458,19 +435,17 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
         if !ns.is_empty() {
             args.extend(["--namespace", ns]);
         }
-        admin(&cp, &args).ok();
+        cp.admin(&args).ok();
     }
 
     // Applying again changes nothing: `kubectl diff` exits 0 only when there is no difference.
-    let out = admin(&cp, &["diff", "-k", base, "--server-side"]);
+    let out = cp.admin(&["diff", "-k", base, "--server-side"]);
     assert!(
         out.success,
         "the base differs from what it installed: {out:?}"
     );
     // ...and does notice a difference when there is one.
-    admin(
-        &cp,
-        &[
+    cp.admin(&[
             "scale",
             "deployment/replicate-operator",
             "--replicas=3",
@@ -480,9 +455,7 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
     )
     .ok();
     // (Forced: kubectl now owns .spec.replicas through the scale subresource.)
-    let out = admin(
-        &cp,
-        &["diff", "-k", base, "--server-side", "--force-conflicts"],
+    let out = cp.admin(&["diff", "-k", base, "--server-side", "--force-conflicts"],
     );
     assert!(
         !out.success && out.stdout.contains("replicas: 2"),
@@ -539,14 +512,12 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
 async fn service_account_can_do_exactly_its_job() {
     let cp = ControlPlane::start_without_crd().await;
     let base = repo_path("deploy");
-    admin(
-        &cp,
-        &["apply", "-k", base.to_str().unwrap(), "--server-side"],
+    cp.admin(&["apply", "-k", base.to_str().unwrap(), "--server-side"],
     )
     .ok();
 
-    let sa = service_account_kubeconfig(&cp, NAMESPACE, SERVICE_ACCOUNT);
-    let as_sa = |args: &[&str]| kubectl_with(&sa, args);
+    let sa = cp.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT);
+    let as_sa = |args: &[&str]| common::kubectl_with(&sa, args);
 
     // The token authenticates as the ServiceAccount.
     let out = as_sa(&[
@@ -642,7 +613,7 @@ async fn service_account_can_do_exactly_its_job() {
         impersonated.extend(["--as", SERVICE_ACCOUNT_USER]);
         for (how, out) in [
             ("token", as_sa(&args)),
-            ("impersonation", admin(&cp, &impersonated)),
+            ("impersonation", cp.admin(&impersonated)),
         ] {
             let answer = out.stdout.trim();
             assert!(answer == "yes" || answer == "no", "{args:?}: {out:?}");
@@ -661,37 +632,3 @@ async fn service_account_can_do_exactly_its_job() {
     assert!(!out.success && out.stderr.contains("Forbidden"), "{out:?}");
 }
 
-/// A kubeconfig (JSON, next to the control plane's own) that authenticates as the ServiceAccount
-/// with a short-lived token from the TokenRequest API (`kubectl create token`). Pass it to an
-/// operator process started by a test to run it with exactly the RBAC of the installation.
-fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, name: &str) -> PathBuf {
-    let token = admin(
-        cp,
-        &[
-            "create",
-            "token",
-            name,
-            "--namespace",
-            namespace,
-            "--duration=1h",
-        ],
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string();
-    assert!(!token.is_empty());
-    let mut config: Value =
-        serde_json::from_str(&std::fs::read_to_string(cp.kubeconfig()).unwrap()).unwrap();
-    let user = format!("{namespace}-{name}");
-    config["users"] = json!([{"name": user, "user": {"token": token}}]);
-    for context in config["contexts"].as_array_mut().unwrap() {
-        context["context"]["user"] = json!(user);
-        context["context"]["namespace"] = json!(namespace);
-    }
-    let path = cp
-        .kubeconfig()
-        .with_file_name(format!("kubeconfig-{namespace}-{name}.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-    path
-}

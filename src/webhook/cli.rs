@@ -21,7 +21,7 @@ use super::server::{WebhookConfig, WebhookServer};
 #[derive(clap::Args, Debug, Clone)]
 pub struct WebhookArgs {
     /// Address to listen on.
-    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
     /// Accepted distance, in seconds, between webhook-timestamp and now, either way.
     #[arg(long, default_value_t = 300)]

@@ -340,3 +340,48 @@ pub fn hello_manifest(name: &str, extra_spec: &str) -> String {
 pub fn token_secret(name: &str, token: &str) -> String {
     format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  token: {token}\n")
 }
+
+/// Runs kubectl with a given kubeconfig and no default namespace.
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> KubectlOutput {
+    let cache = kubeconfig.parent().unwrap().join("kubectl-cache-admin");
+    let out = Command::new(assets_dir().join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    KubectlOutput::from(out)
+}
+
+impl ControlPlane {
+    /// kubectl as the admin, without the test namespace (for cluster-scoped objects and
+    /// manifests that name their own namespace).
+    pub fn admin(&self, args: &[&str]) -> KubectlOutput {
+        kubectl_with(self.kubeconfig(), args)
+    }
+
+    /// A kubeconfig that authenticates as a ServiceAccount, with a token from the TokenRequest
+    /// API (`kubectl create token`).
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self
+            .admin(&["create", "token", name, "--namespace", namespace, "--duration=1h"])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        assert!(!token.is_empty());
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.kubeconfig()).unwrap()).unwrap();
+        let user = format!("{namespace}-{name}");
+        config["users"] = serde_json::json!([{"name": user, "user": {"token": token}}]);
+        for context in config["contexts"].as_array_mut().unwrap() {
+            context["context"]["user"] = serde_json::json!(user);
+            context["context"]["namespace"] = serde_json::json!(namespace);
+        }
+        let path = self.kubeconfig().with_file_name(format!("kubeconfig-{namespace}-{name}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        path
+    }
+}
