@@ -79,7 +79,10 @@ pub enum StartError {
     #[error("invalid Replicate client settings: {0}")]
     Replicate(#[from] crate::replicate::ConfigError),
     #[error("cannot serve on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Election(#[from] crate::leader::ElectionError),
 }
@@ -91,12 +94,17 @@ pub async fn run_controller(args: ControllerArgs) -> Result<(), StartError> {
     let mut config = ClientConfig::default().with_base_url(&args.replicate_base_url)?;
     config.rate_limits.general.per_minute = args.requests_per_minute;
     let observer = metrics.clone();
-    config.observer = Some(Arc::new(move |o: &crate::replicate::RequestOutcome| observer.replicate_request(o)));
+    config.observer = Some(Arc::new(move |o: &crate::replicate::RequestOutcome| {
+        observer.replicate_request(o)
+    }));
     let replicate = ReplicateClient::new(config)?;
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
-        .map_err(|source| StartError::Listen { addr: args.metrics_addr, source })?;
+        .map_err(|source| StartError::Listen {
+            addr: args.metrics_addr,
+            source,
+        })?;
     let router = crate::metrics::router(metrics.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
@@ -108,12 +116,25 @@ pub async fn run_controller(args: ControllerArgs) -> Result<(), StartError> {
         backoff_cap: args.backoff_cap,
         webhook_base_url: args.webhook_base_url,
     };
-    let scope = Scope { namespace: args.namespace, selector: args.selector, concurrency: args.concurrency };
+    let scope = Scope {
+        namespace: args.namespace,
+        selector: args.selector,
+        concurrency: args.concurrency,
+    };
     let default_token = ApiToken::from_env();
     // Serving probes does not depend on leadership: a standby replica is healthy and ready.
     metrics.set_ready(true);
     if !args.leader_election {
-        controller::run(client, replicate, default_token, settings, scope, metrics, shutdown_signal()).await;
+        controller::run(
+            client,
+            replicate,
+            default_token,
+            settings,
+            scope,
+            metrics,
+            shutdown_signal(),
+        )
+        .await;
         return Ok(());
     }
     let election = Election {
@@ -124,17 +145,23 @@ pub async fn run_controller(args: ControllerArgs) -> Result<(), StartError> {
         grace_secs: args.lease_grace.as_secs().max(1),
     };
     let kube = client.clone();
-    crate::leader::run_as_leader(kube, election, metrics.clone(), shutdown_signal(), move |stop| {
-        controller::run(
-            client.clone(),
-            replicate.clone(),
-            default_token.clone(),
-            settings.clone(),
-            scope.clone(),
-            metrics.clone(),
-            stop,
-        )
-    })
+    crate::leader::run_as_leader(
+        kube,
+        election,
+        metrics.clone(),
+        shutdown_signal(),
+        move |stop| {
+            controller::run(
+                client.clone(),
+                replicate.clone(),
+                default_token.clone(),
+                settings.clone(),
+                scope.clone(),
+                metrics.clone(),
+                stop,
+            )
+        },
+    )
     .await?;
     Ok(())
 }

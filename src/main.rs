@@ -36,8 +36,12 @@ async fn main() -> std::process::ExitCode {
             Ok(())
         }
         Command::Controller(args) => cli::run_controller(args).await.map_err(|e| e.to_string()),
-        Command::Emulator(args) => replicate_operator::emulator::cli::run(*args).await.map_err(|e| e.to_string()),
-        Command::Webhook(args) => replicate_operator::webhook::cli::run(args).await.map_err(|e| e.to_string()),
+        Command::Emulator(args) => replicate_operator::emulator::cli::run(*args)
+            .await
+            .map_err(|e| e.to_string()),
+        Command::Webhook(args) => replicate_operator::webhook::cli::run(args)
+            .await
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -54,14 +54,31 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("replicate_operator");
         let reconciles = Family::<ResultLabels, Counter>::default();
-        registry.register("reconciles", "Reconciles by result (ok or the error kind)", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok or the error kind)",
+            reconciles.clone(),
+        );
         let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register("reconcile_duration_seconds", "Time per reconcile", reconcile_duration.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time per reconcile",
+            reconcile_duration.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("replicate_requests", "Replicate API requests by route, method and status", requests.clone());
-        let request_duration =
-            Family::<RequestLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 12)));
-        registry.register("replicate_request_duration_seconds", "Replicate API latency", request_duration.clone());
+        registry.register(
+            "replicate_requests",
+            "Replicate API requests by route, method and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 12))
+        });
+        registry.register(
+            "replicate_request_duration_seconds",
+            "Replicate API latency",
+            request_duration.clone(),
+        );
         let rate_limit_wait = Histogram::new(exponential_buckets(0.001, 4.0, 10));
         registry.register(
             "rate_limiter_wait_seconds",
@@ -69,9 +86,17 @@ impl Metrics {
             rate_limit_wait.clone(),
         );
         let status_writes = Counter::default();
-        registry.register("status_writes", "Status writes to the Kubernetes API", status_writes.clone());
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API",
+            status_writes.clone(),
+        );
         let leader = Gauge::default();
-        registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -88,9 +113,12 @@ impl Metrics {
 
     pub fn reconciled(&self, took: Duration, error: Option<&str>) {
         let result = error.unwrap_or("ok").to_string();
-        self.reconciles.get_or_create(&ResultLabels { result }).inc();
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
         self.reconcile_duration.observe(took.as_secs_f64());
-        self.reconcile_duration_count.fetch_add(1, Ordering::Relaxed);
+        self.reconcile_duration_count
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hook for the Replicate client: one call per HTTP attempt.
@@ -105,8 +133,11 @@ impl Metrics {
                 .unwrap_or_default(),
         };
         self.requests.get_or_create(&labels).inc();
-        self.request_duration.get_or_create(&labels).observe(outcome.latency.as_secs_f64());
-        self.rate_limit_wait.observe(outcome.throttled.as_secs_f64());
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(outcome.latency.as_secs_f64());
+        self.rate_limit_wait
+            .observe(outcome.throttled.as_secs_f64());
     }
 
     /// Reconciles finished so far (any result), for tests that wait for resyncs.
@@ -134,7 +165,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -149,7 +181,13 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
 }
 
 async fn serve_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
 }
 
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -3,7 +3,6 @@
 
 mod common;
 
-
 use common::{ControlPlane, start_emulator, test_settings};
 use replicate_operator::emulator::config::versions;
 
@@ -36,12 +35,19 @@ async fn create_update_and_delete_one_deployment() {
 
     cp.apply(&manifest("hello", "")).ok();
     cp.wait_for("hello", "condition=Ready", 60).ok();
-    let live = emu.deployment("demo", "hello").expect("the deployment exists on Replicate");
+    let live = emu
+        .deployment("demo", "hello")
+        .expect("the deployment exists on Replicate");
     let release = live.current_release.as_ref().unwrap();
     assert_eq!(release.model.as_deref(), Some("replicate/hello-world"));
     assert_eq!(release.version.as_deref(), Some(versions::HELLO_WORLD_V1));
     let counters = emu.counters();
-    assert_eq!(counters.count("POST", DEPLOYMENTS), 1, "{:?}", counters.rows());
+    assert_eq!(
+        counters.count("POST", DEPLOYMENTS),
+        1,
+        "{:?}",
+        counters.rows()
+    );
     assert_eq!(counters.count("PATCH", DEPLOYMENT), 0);
 
     // The status tells what Replicate has.
@@ -52,26 +58,63 @@ async fn create_update_and_delete_one_deployment() {
 
     // Change all four mutable fields at once: one PATCH.
     emu.reset_counters();
-    cp.apply(&manifest("hello", "").replace(versions::HELLO_WORLD_V1, versions::HELLO_WORLD_V2).replace("hardware: cpu", "hardware: gpu-t4").replace("minInstances: 0", "minInstances: 1").replace("maxInstances: 1", "maxInstances: 3")).ok();
-    cp.wait_for("hello", "jsonpath={.status.observedGeneration}=2", 60).ok();
+    cp.apply(
+        &manifest("hello", "")
+            .replace(versions::HELLO_WORLD_V1, versions::HELLO_WORLD_V2)
+            .replace("hardware: cpu", "hardware: gpu-t4")
+            .replace("minInstances: 0", "minInstances: 1")
+            .replace("maxInstances: 1", "maxInstances: 3"),
+    )
+    .ok();
+    cp.wait_for("hello", "jsonpath={.status.observedGeneration}=2", 60)
+        .ok();
     cp.wait_for("hello", "condition=Ready", 60).ok();
     let counters = emu.counters();
-    assert_eq!(counters.count("PATCH", DEPLOYMENT), 1, "{:?}", counters.rows());
+    assert_eq!(
+        counters.count("PATCH", DEPLOYMENT),
+        1,
+        "{:?}",
+        counters.rows()
+    );
     assert_eq!(counters.count("POST", DEPLOYMENTS), 0);
-    let config = emu.deployment("demo", "hello").unwrap().current_release.unwrap();
+    let config = emu
+        .deployment("demo", "hello")
+        .unwrap()
+        .current_release
+        .unwrap();
     assert_eq!(config.number, Some(2));
     assert_eq!(config.version.as_deref(), Some(versions::HELLO_WORLD_V2));
     let c = config.configuration.unwrap();
-    assert_eq!((c.hardware.as_deref(), c.min_instances, c.max_instances), (Some("gpu-t4"), Some(1), Some(3)));
+    assert_eq!(
+        (c.hardware.as_deref(), c.min_instances, c.max_instances),
+        (Some("gpu-t4"), Some(1), Some(3))
+    );
 
     // Delete: taken offline, then deleted once Replicate allows it; then the resource is gone.
     emu.reset_counters();
-    cp.run_kubectl(&["delete", "rdep", "hello", "--wait=false"], None).ok();
-    cp.run_kubectl(&["wait", "--for=delete", "rdep/hello", "--timeout=60s"], None).ok();
-    assert!(emu.deployment("demo", "hello").is_none(), "the deployment is deleted on Replicate");
+    cp.run_kubectl(&["delete", "rdep", "hello", "--wait=false"], None)
+        .ok();
+    cp.run_kubectl(
+        &["wait", "--for=delete", "rdep/hello", "--timeout=60s"],
+        None,
+    )
+    .ok();
+    assert!(
+        emu.deployment("demo", "hello").is_none(),
+        "the deployment is deleted on Replicate"
+    );
     let counters = emu.counters();
-    assert_eq!(counters.count("PATCH", DEPLOYMENT), 1, "one PATCH to 0/0: {:?}", counters.rows());
-    assert!(counters.count_status("DELETE", DEPLOYMENT, 204) == 1, "{:?}", counters.rows());
+    assert_eq!(
+        counters.count("PATCH", DEPLOYMENT),
+        1,
+        "one PATCH to 0/0: {:?}",
+        counters.rows()
+    );
+    assert!(
+        counters.count_status("DELETE", DEPLOYMENT, 204) == 1,
+        "{:?}",
+        counters.rows()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,12 +123,27 @@ async fn orphan_policy_leaves_the_deployment_on_replicate() {
     let emu = start_emulator().await;
     let _controller = cp.start_controller(&emu, test_settings());
 
-    cp.apply(&manifest("keep", "  deletionPolicy: Orphan\n")).ok();
+    cp.apply(&manifest("keep", "  deletionPolicy: Orphan\n"))
+        .ok();
     cp.wait_for("keep", "condition=Ready", 60).ok();
     emu.reset_counters();
-    cp.run_kubectl(&["delete", "rdep", "keep", "--timeout=60s"], None).ok();
+    cp.run_kubectl(&["delete", "rdep", "keep", "--timeout=60s"], None)
+        .ok();
     let live = emu.deployment("demo", "keep").expect("still on Replicate");
-    assert_eq!(live.current_release.unwrap().configuration.unwrap().max_instances, Some(1), "untouched");
+    assert_eq!(
+        live.current_release
+            .unwrap()
+            .configuration
+            .unwrap()
+            .max_instances,
+        Some(1),
+        "untouched"
+    );
     let counters = emu.counters();
-    assert_eq!(counters.count("PATCH", DEPLOYMENT) + counters.count("DELETE", DEPLOYMENT), 0, "{:?}", counters.rows());
+    assert_eq!(
+        counters.count("PATCH", DEPLOYMENT) + counters.count("DELETE", DEPLOYMENT),
+        0,
+        "{:?}",
+        counters.rows()
+    );
 }

@@ -386,15 +386,15 @@ async fn base_passes_server_side_dry_run() {
     // A dry run creates nothing, so the namespace objects go into must exist already.
     cp.admin(&["create", "namespace", NAMESPACE]).ok();
     let base = repo_path("deploy");
-    let out = cp.admin(&[
+    let out = cp
+        .admin(&[
             "apply",
             "-k",
             base.to_str().unwrap(),
             "--server-side",
             "--dry-run=server",
-        ],
-    )
-    .ok();
+        ])
+        .ok();
     assert!(
         out.stdout
             .contains("deployment.apps/replicate-operator serverside-applied (server dry run)"),
@@ -419,12 +419,11 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
         "no Pod Security (or other) warnings: {out:?}"
     );
     cp.admin(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/replicatedeployments.replicate-operator.dev",
-            "--timeout=60s",
-        ],
-    )
+        "wait",
+        "--for=condition=Established",
+        "crd/replicatedeployments.replicate-operator.dev",
+        "--timeout=60s",
+    ])
     .ok();
 
     // Every object of the base exists now.
@@ -446,17 +445,15 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
     );
     // ...and does notice a difference when there is one.
     cp.admin(&[
-            "scale",
-            "deployment/replicate-operator",
-            "--replicas=3",
-            "--namespace",
-            NAMESPACE,
-        ],
-    )
+        "scale",
+        "deployment/replicate-operator",
+        "--replicas=3",
+        "--namespace",
+        NAMESPACE,
+    ])
     .ok();
     // (Forced: kubectl now owns .spec.replicas through the scale subresource.)
-    let out = cp.admin(&["diff", "-k", base, "--server-side", "--force-conflicts"],
-    );
+    let out = cp.admin(&["diff", "-k", base, "--server-side", "--force-conflicts"]);
     assert!(
         !out.success && out.stdout.contains("replicas: 2"),
         "kubectl diff saw the scaled Deployment: {out:?}"
@@ -512,9 +509,8 @@ async fn base_installs_for_real_and_reapplies_cleanly() {
 async fn service_account_can_do_exactly_its_job() {
     let cp = ControlPlane::start_without_crd().await;
     let base = repo_path("deploy");
-    cp.admin(&["apply", "-k", base.to_str().unwrap(), "--server-side"],
-    )
-    .ok();
+    cp.admin(&["apply", "-k", base.to_str().unwrap(), "--server-side"])
+        .ok();
 
     let sa = cp.service_account_kubeconfig(NAMESPACE, SERVICE_ACCOUNT);
     let as_sa = |args: &[&str]| common::kubectl_with(&sa, args);
@@ -631,4 +627,3 @@ async fn service_account_can_do_exactly_its_job() {
     let out = as_sa(&["get", "pods", "--namespace", NAMESPACE]);
     assert!(!out.success && out.stderr.contains("Forbidden"), "{out:?}");
 }
-

@@ -67,11 +67,18 @@ fn api_secrets(
     min_refetch: Duration,
 ) -> CachedSecrets<ReplicateApiLoader<FixedToken>> {
     let loader = ReplicateApiLoader {
-        http: reqwest::Client::new(),
-        base_url: fake.base_url.clone(),
+        replicate: replicate_client(&fake.base_url),
         tokens: FixedToken(ApiToken::new(TOKEN)),
     };
     CachedSecrets::new(loader, min_refetch)
+}
+
+/// The shared Replicate client aimed at the stand-in.
+fn replicate_client(base_url: &str) -> replicate_operator::replicate::ReplicateClient {
+    let config = replicate_operator::replicate::ClientConfig::default()
+        .with_base_url(base_url)
+        .unwrap();
+    replicate_operator::replicate::ReplicateClient::new(config).unwrap()
 }
 
 fn resource() -> ResourceInfo {
@@ -84,12 +91,12 @@ fn resource() -> ResourceInfo {
 #[tokio::test]
 async fn the_api_call_sends_the_token_and_never_echoes_it() {
     let fake = fake_replicate(signing_key(7)).await;
-    let http = reqwest::Client::new();
-    let key = fetch_default_webhook_secret(&http, &fake.base_url, &ApiToken::new(TOKEN))
+    let http = replicate_client(&fake.base_url);
+    let key = fetch_default_webhook_secret(&http, &ApiToken::new(TOKEN))
         .await
         .unwrap();
     assert_eq!(key, signing_key(7));
-    let refused = fetch_default_webhook_secret(&http, &fake.base_url, &ApiToken::new("wrong"))
+    let refused = fetch_default_webhook_secret(&http, &ApiToken::new("wrong"))
         .await
         .unwrap_err();
     assert_eq!(refused, SecretSourceError::Http { status: 401 });
@@ -180,8 +187,7 @@ async fn forged_deliveries_cannot_make_the_server_hammer_replicate() {
 async fn an_unreachable_secret_source_answers_503() {
     let fake = fake_replicate(signing_key(1)).await;
     let loader = ReplicateApiLoader {
-        http: reqwest::Client::new(),
-        base_url: fake.base_url.clone(),
+        replicate: replicate_client(&fake.base_url),
         tokens: FixedToken(ApiToken::new("revoked")),
     };
     let (server, store) = server(CachedSecrets::new(loader, Duration::ZERO), config());
@@ -197,8 +203,7 @@ async fn an_unreachable_secret_source_answers_503() {
 async fn a_failing_first_fetch_is_not_retried_within_the_rate_limit() {
     let fake = fake_replicate(signing_key(1)).await;
     let loader = ReplicateApiLoader {
-        http: reqwest::Client::new(),
-        base_url: fake.base_url.clone(),
+        replicate: replicate_client(&fake.base_url),
         tokens: FixedToken(ApiToken::new("revoked")),
     };
     let (server, _store) = server(

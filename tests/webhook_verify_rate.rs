@@ -16,7 +16,12 @@ fn verification_rate() {
     for body_len in [1024, 16 * 1024] {
         let deliveries = signed_deliveries(&key, 100_000, body_len, now.as_second());
         let started = Instant::now();
-        let ok = verify_all(std::slice::from_ref(&key), &deliveries, now, Duration::from_secs(300));
+        let ok = verify_all(
+            std::slice::from_ref(&key),
+            &deliveries,
+            now,
+            Duration::from_secs(300),
+        );
         let elapsed = started.elapsed();
         assert_eq!(ok, deliveries.len());
         println!(
@@ -33,7 +38,18 @@ fn the_benchmark_inputs_verify() {
     let deliveries = signed_deliveries(&key, 10, 256, 1_700_000_000);
     assert_eq!(deliveries[0].body.len(), 256);
     let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-    assert_eq!(verify_all(std::slice::from_ref(&key), &deliveries, now, Duration::from_secs(300)), 10);
+    assert_eq!(
+        verify_all(
+            std::slice::from_ref(&key),
+            &deliveries,
+            now,
+            Duration::from_secs(300)
+        ),
+        10
+    );
     let other = SigningKey::from_bytes(vec![8; 24]);
-    assert_eq!(verify_all(&[other], &deliveries, now, Duration::from_secs(300)), 0);
+    assert_eq!(
+        verify_all(&[other], &deliveries, now, Duration::from_secs(300)),
+        0
+    );
 }

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info};
@@ -50,10 +50,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (resources, secrets): (Api<ReplicateDeployment>, Api<PartialObjectMeta<Secret>>) = match &scope.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (resources, secrets): (Api<ReplicateDeployment>, Api<PartialObjectMeta<Secret>>) =
+        match &scope.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
     let mut watch_config = watcher::Config::default();
     if let Some(selector) = &scope.selector {
         watch_config = watch_config.labels(selector);
@@ -85,7 +89,11 @@ pub async fn run(
             .into_iter()
             .filter(|rd| {
                 rd.namespace() == ns
-                    && rd.spec.credentials_secret_ref.as_ref().is_some_and(|r| r.name == name)
+                    && rd
+                        .spec
+                        .credentials_secret_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
             })
             .map(|rd| ObjectRef::from_obj(rd.as_ref()))
             .collect::<Vec<_>>()

@@ -58,7 +58,8 @@ impl Accounts {
             return Ok(owner);
         }
         let account = api.get_account().await?;
-        self.lock().entry(token.clone()).or_default().owner = Some((account.username.clone(), Instant::now()));
+        self.lock().entry(token.clone()).or_default().owner =
+            Some((account.username.clone(), Instant::now()));
         Ok(account.username)
     }
 
@@ -71,18 +72,30 @@ impl Accounts {
         name: &str,
         max_age: Duration,
     ) -> Result<Option<LiveDeployment>, ApiError> {
-        let cell = self.lock().entry(token.clone()).or_default().snapshot.clone();
+        let cell = self
+            .lock()
+            .entry(token.clone())
+            .or_default()
+            .snapshot
+            .clone();
         let mut snapshot = cell.lock().await;
-        let fresh = snapshot.as_ref().is_some_and(|s| s.taken.elapsed() < max_age);
+        let fresh = snapshot
+            .as_ref()
+            .is_some_and(|s| s.taken.elapsed() < max_age);
         if !fresh {
             let taken = Instant::now();
             let deployments = api.list_deployments().await?;
             *snapshot = Some(Snapshot {
                 taken,
-                deployments: deployments.iter().map(|d| (d.name.clone(), live(d))).collect(),
+                deployments: deployments
+                    .iter()
+                    .map(|d| (d.name.clone(), live(d)))
+                    .collect(),
             });
         }
-        Ok(snapshot.as_ref().and_then(|s| s.deployments.get(name).cloned()))
+        Ok(snapshot
+            .as_ref()
+            .and_then(|s| s.deployments.get(name).cloned()))
     }
 
     /// Keeps a snapshot in step with what this controller itself just saw or wrote, so a resync

@@ -151,7 +151,9 @@ pub fn plan(input: &PlanInput<'_>, spec_changed: bool) -> Plan {
         // The CRD forbids changing the model, so this is either an adopted deployment of another
         // model or an edit that bypassed admission; PATCH cannot fix it.
         if input.claim == Claim::Ours || input.spec.adopt_existing {
-            return Plan::ModelMismatch { live_model: live_model.clone() };
+            return Plan::ModelMismatch {
+                live_model: live_model.clone(),
+            };
         }
     }
     match input.claim {
@@ -160,7 +162,10 @@ pub fn plan(input: &PlanInput<'_>, spec_changed: bool) -> Plan {
             if changes.is_empty() {
                 Plan::InSync
             } else {
-                Plan::Update { changes, drift: !spec_changed }
+                Plan::Update {
+                    changes,
+                    drift: !spec_changed,
+                }
             }
         }
         Claim::None if input.spec.adopt_existing => Plan::Adopt(changes(input.spec, live)),
@@ -178,7 +183,9 @@ fn plan_deletion(input: &PlanInput<'_>) -> Plan {
         return Plan::Release;
     };
     if !live.is_offline() {
-        return Plan::ScaleToZero { delete_not_before: input.now + input.offline_window };
+        return Plan::ScaleToZero {
+            delete_not_before: input.now + input.offline_window,
+        };
     }
     match input.delete_not_before {
         Some(until) if until > input.now => Plan::WaitOffline { until },
@@ -254,92 +261,202 @@ mod tests {
     fn plan_table() {
         let window = Duration::from_secs(900);
         let cases = vec![
-            Case { live: None, claim: Claim::None, ..case("nothing on Replicate: create", Plan::Create) },
-            Case { live: None, ..case("ours but deleted out of band: recreate", Plan::Create) },
+            Case {
+                live: None,
+                claim: Claim::None,
+                ..case("nothing on Replicate: create", Plan::Create)
+            },
+            Case {
+                live: None,
+                ..case("ours but deleted out of band: recreate", Plan::Create)
+            },
             case("ours and equal: nothing to do", Plan::InSync),
             Case {
-                spec: ReplicateDeploymentSpec { version: V2.into(), max_instances: 3, ..spec() },
+                spec: ReplicateDeploymentSpec {
+                    version: V2.into(),
+                    max_instances: 3,
+                    ..spec()
+                },
                 spec_changed: true,
                 ..case(
                     "spec changed: only the differing fields",
                     Plan::Update {
-                        changes: Changes { version: Some(V2.into()), max_instances: Some(3), ..Default::default() },
+                        changes: Changes {
+                            version: Some(V2.into()),
+                            max_instances: Some(3),
+                            ..Default::default()
+                        },
                         drift: false,
                     },
                 )
             },
             Case {
-                live: Some(LiveDeployment { hardware: Some("gpu-t4".into()), ..live() }),
+                live: Some(LiveDeployment {
+                    hardware: Some("gpu-t4".into()),
+                    ..live()
+                }),
                 ..case(
                     "Replicate changed behind our back: drift",
-                    Plan::Update { changes: Changes { hardware: Some("cpu".into()), ..Default::default() }, drift: true },
-                )
-            },
-            Case {
-                live: Some(LiveDeployment { min_instances: None, max_instances: None, ..live() }),
-                ..case(
-                    "unknown live bounds are set",
                     Plan::Update {
-                        changes: Changes { min_instances: Some(0), max_instances: Some(2), ..Default::default() },
+                        changes: Changes {
+                            hardware: Some("cpu".into()),
+                            ..Default::default()
+                        },
                         drift: true,
                     },
                 )
             },
-            Case { claim: Claim::None, ..case("someone else's deployment without opt-in", Plan::AlreadyExists) },
             Case {
-                claim: Claim::None,
-                spec: ReplicateDeploymentSpec { adopt_existing: true, ..spec() },
-                ..case("opted in and equal: adopt without changes", Plan::Adopt(Changes::default()))
-            },
-            Case {
-                claim: Claim::None,
-                spec: ReplicateDeploymentSpec { adopt_existing: true, hardware: "gpu-t4".into(), ..spec() },
+                live: Some(LiveDeployment {
+                    min_instances: None,
+                    max_instances: None,
+                    ..live()
+                }),
                 ..case(
-                    "opted in: adopt and update",
-                    Plan::Adopt(Changes { hardware: Some("gpu-t4".into()), ..Default::default() }),
+                    "unknown live bounds are set",
+                    Plan::Update {
+                        changes: Changes {
+                            min_instances: Some(0),
+                            max_instances: Some(2),
+                            ..Default::default()
+                        },
+                        drift: true,
+                    },
                 )
             },
             Case {
                 claim: Claim::None,
-                spec: ReplicateDeploymentSpec { adopt_existing: true, ..spec() },
-                live: Some(LiveDeployment { model: Some("other/model".into()), ..live() }),
-                ..case("opted in but another model", Plan::ModelMismatch { live_model: "other/model".into() })
+                ..case(
+                    "someone else's deployment without opt-in",
+                    Plan::AlreadyExists,
+                )
             },
             Case {
                 claim: Claim::None,
-                live: Some(LiveDeployment { model: Some("other/model".into()), ..live() }),
-                ..case("another model, not opted in: still just exists", Plan::AlreadyExists)
+                spec: ReplicateDeploymentSpec {
+                    adopt_existing: true,
+                    ..spec()
+                },
+                ..case(
+                    "opted in and equal: adopt without changes",
+                    Plan::Adopt(Changes::default()),
+                )
             },
-            Case { claim: Claim::HeldByOther, ..case("claimed by an older resource", Plan::Conflict) },
-            Case { claim: Claim::HeldByOther, live: None, ..case("claimed by another, even if absent", Plan::Conflict) },
+            Case {
+                claim: Claim::None,
+                spec: ReplicateDeploymentSpec {
+                    adopt_existing: true,
+                    hardware: "gpu-t4".into(),
+                    ..spec()
+                },
+                ..case(
+                    "opted in: adopt and update",
+                    Plan::Adopt(Changes {
+                        hardware: Some("gpu-t4".into()),
+                        ..Default::default()
+                    }),
+                )
+            },
+            Case {
+                claim: Claim::None,
+                spec: ReplicateDeploymentSpec {
+                    adopt_existing: true,
+                    ..spec()
+                },
+                live: Some(LiveDeployment {
+                    model: Some("other/model".into()),
+                    ..live()
+                }),
+                ..case(
+                    "opted in but another model",
+                    Plan::ModelMismatch {
+                        live_model: "other/model".into(),
+                    },
+                )
+            },
+            Case {
+                claim: Claim::None,
+                live: Some(LiveDeployment {
+                    model: Some("other/model".into()),
+                    ..live()
+                }),
+                ..case(
+                    "another model, not opted in: still just exists",
+                    Plan::AlreadyExists,
+                )
+            },
+            Case {
+                claim: Claim::HeldByOther,
+                ..case("claimed by an older resource", Plan::Conflict)
+            },
+            Case {
+                claim: Claim::HeldByOther,
+                live: None,
+                ..case("claimed by another, even if absent", Plan::Conflict)
+            },
             // Deletion.
             Case {
                 deleting: true,
-                spec: ReplicateDeploymentSpec { deletion_policy: DeletionPolicy::Orphan, ..spec() },
+                spec: ReplicateDeploymentSpec {
+                    deletion_policy: DeletionPolicy::Orphan,
+                    ..spec()
+                },
                 ..case("orphan: release without calling Replicate", Plan::Release)
             },
-            Case { deleting: true, claim: Claim::None, ..case("never ours: release", Plan::Release) },
-            Case { deleting: true, claim: Claim::HeldByOther, ..case("held by another: release", Plan::Release) },
-            Case { deleting: true, live: None, ..case("already gone: release", Plan::Release) },
             Case {
                 deleting: true,
-                ..case("online: scale to zero first", Plan::ScaleToZero { delete_not_before: t(0) + window })
+                claim: Claim::None,
+                ..case("never ours: release", Plan::Release)
             },
             Case {
                 deleting: true,
-                live: Some(LiveDeployment { min_instances: Some(0), max_instances: Some(0), ..live() }),
+                claim: Claim::HeldByOther,
+                ..case("held by another: release", Plan::Release)
+            },
+            Case {
+                deleting: true,
+                live: None,
+                ..case("already gone: release", Plan::Release)
+            },
+            Case {
+                deleting: true,
+                ..case(
+                    "online: scale to zero first",
+                    Plan::ScaleToZero {
+                        delete_not_before: t(0) + window,
+                    },
+                )
+            },
+            Case {
+                deleting: true,
+                live: Some(LiveDeployment {
+                    min_instances: Some(0),
+                    max_instances: Some(0),
+                    ..live()
+                }),
                 delete_not_before: Some(t(60)),
-                ..case("offline, window not over: wait", Plan::WaitOffline { until: t(60) })
+                ..case(
+                    "offline, window not over: wait",
+                    Plan::WaitOffline { until: t(60) },
+                )
             },
             Case {
                 deleting: true,
-                live: Some(LiveDeployment { min_instances: Some(0), max_instances: Some(0), ..live() }),
+                live: Some(LiveDeployment {
+                    min_instances: Some(0),
+                    max_instances: Some(0),
+                    ..live()
+                }),
                 delete_not_before: Some(t(0)),
                 ..case("offline, window over: delete", Plan::Delete)
             },
             Case {
                 deleting: true,
-                live: Some(LiveDeployment { min_instances: Some(0), max_instances: Some(0), ..live() }),
+                live: Some(LiveDeployment {
+                    min_instances: Some(0),
+                    max_instances: Some(0),
+                    ..live()
+                }),
                 ..case("offline since before we knew: try the delete", Plan::Delete)
             },
         ];
@@ -365,7 +482,11 @@ mod tests {
 
     #[test]
     fn change_names_follow_the_crd_field_names() {
-        let c = Changes { hardware: Some("cpu".into()), min_instances: Some(1), ..Default::default() };
+        let c = Changes {
+            hardware: Some("cpu".into()),
+            min_instances: Some(1),
+            ..Default::default()
+        };
         assert_eq!(c.field_names(), ["hardware", "minInstances"]);
         assert!(!c.is_empty());
         assert!(Changes::default().is_empty());

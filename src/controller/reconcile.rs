@@ -20,7 +20,9 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::crd::{DeletionPolicy, ReplicateDeployment};
-use crate::replicate::{AccountClient, ApiError, ApiToken, CreateDeployment, ReplicateClient, UpdateDeployment};
+use crate::replicate::{
+    AccountClient, ApiError, ApiToken, CreateDeployment, ReplicateClient, UpdateDeployment,
+};
 
 use super::observe::{Accounts, live};
 use super::plan::{Changes, Claim, LiveDeployment, Plan, PlanInput, plan};
@@ -122,20 +124,28 @@ impl Context {
     }
 
     fn forget(&self, uid: &str) {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
     }
 
     /// The delay before retrying after the `failures`-th consecutive error: exponential with
     /// jitter, capped, and never shorter than what Replicate asked for.
     fn backoff(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self.settings.backoff_base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+        let exp = self
+            .settings
+            .backoff_base
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16));
         let capped = exp.min(self.settings.backoff_cap);
         let jittered = capped.mul_f64(rand::rng().random_range(0.8..1.2));
         jittered.max(retry_after.unwrap_or_default())
     }
 
     fn resync(&self) -> Duration {
-        self.settings.resync_interval.mul_f64(rand::rng().random_range(0.9..1.1))
+        self.settings
+            .resync_interval
+            .mul_f64(rand::rng().random_range(0.9..1.1))
     }
 }
 
@@ -186,7 +196,14 @@ struct Step {
 
 impl Step {
     fn new(outcome: Outcome, action: Action) -> Self {
-        Self { outcome, action, events: Vec::new(), release: false, failed: false, retry_after: None }
+        Self {
+            outcome,
+            action,
+            events: Vec::new(),
+            release: false,
+            failed: false,
+            retry_after: None,
+        }
     }
     fn event(mut self, type_: EventType, reason: &'static str, note: impl Into<String>) -> Self {
         self.events.push((type_, reason, note.into()));
@@ -198,7 +215,10 @@ impl Step {
 pub async fn reconcile(rd: Arc<ReplicateDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&rd, &ctx).await;
-    ctx.metrics.reconciled(started.elapsed(), result.as_ref().err().map(Error::metric_label));
+    ctx.metrics.reconciled(
+        started.elapsed(),
+        result.as_ref().err().map(Error::metric_label),
+    );
     result
 }
 
@@ -224,18 +244,29 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
     let step = sync(rd, ctx, &api, &uid, deleting).await?;
 
     let stored = ControllerStatus::from_stored(rd.status.as_ref());
-    let webhook_url = ctx
-        .settings
-        .webhook_base_url
-        .as_ref()
-        .map(|base| format!("{}/webhooks/{}/{}", base.trim_end_matches('/'), namespace, rd.name_any()));
+    let webhook_url = ctx.settings.webhook_base_url.as_ref().map(|base| {
+        format!(
+            "{}/webhooks/{}/{}",
+            base.trim_end_matches('/'),
+            namespace,
+            rd.name_any()
+        )
+    });
     let now = Time(jiff::Timestamp::now());
-    let next = next_status(&stored, &step.outcome, rd.metadata.generation, webhook_url, &now);
+    let next = next_status(
+        &stored,
+        &step.outcome,
+        rd.metadata.generation,
+        webhook_url,
+        &now,
+    );
 
     let mut events = step.events;
     // One Warning per new problem, not one per retry: only when the Synced condition changes.
-    if let (Some(new), old) = (next.condition(super::status::SYNCED), stored.condition(super::status::SYNCED))
-        && new.status == "False"
+    if let (Some(new), old) = (
+        next.condition(super::status::SYNCED),
+        stored.condition(super::status::SYNCED),
+    ) && new.status == "False"
         && old.is_none_or(|o| o.reason != new.reason || o.message != new.message)
     {
         let reason = static_reason(&new.reason);
@@ -248,15 +279,25 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
             "kind": ReplicateDeployment::kind(&()),
             "status": next,
         });
-        api.patch_status(&rd.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(kube_err("writing the status"))?;
+        api.patch_status(
+            &rd.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(kube_err("writing the status"))?;
         ctx.metrics.status_written();
     }
 
     let reference = rd.object_ref(&());
     for (type_, reason, note) in events {
-        let event = Event { type_, reason: reason.into(), note: Some(truncate(&note, 1000)), action: "Reconcile".into(), secondary: None };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(&note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
         if let Err(err) = ctx.recorder.publish(&event, &reference).await {
             warn!(%err, "could not publish an event");
         }
@@ -286,8 +327,17 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
 fn static_reason(reason: &str) -> &'static str {
     use reason::*;
     [
-        CREATING, INVALID_SPEC, ALREADY_EXISTS, CONFLICT, MODEL_MISMATCH, CREDENTIALS_MISSING, UNAUTHORIZED,
-        RATE_LIMITED, REPLICATE_ERROR, WAITING_FOR_OFFLINE, DELETING,
+        CREATING,
+        INVALID_SPEC,
+        ALREADY_EXISTS,
+        CONFLICT,
+        MODEL_MISMATCH,
+        CREDENTIALS_MISSING,
+        UNAUTHORIZED,
+        RATE_LIMITED,
+        REPLICATE_ERROR,
+        WAITING_FOR_OFFLINE,
+        DELETING,
     ]
     .into_iter()
     .find(|r| *r == reason)
@@ -331,7 +381,11 @@ async fn sync(
                 _ => {
                     let cond = Cond::no(reason::CREDENTIALS_MISSING, why);
                     let mut step = Step::new(
-                        Outcome { ready: Some(cond.clone()), synced: Some(cond), ..Default::default() },
+                        Outcome {
+                            ready: Some(cond.clone()),
+                            synced: Some(cond),
+                            ..Default::default()
+                        },
                         Action::await_change(),
                     );
                     step.failed = true;
@@ -344,7 +398,16 @@ async fn sync(
 
     let owner = match ctx.accounts.owner(&account, &token).await {
         Ok(owner) => owner,
-        Err(err) => return Ok(replicate_failure(rd, ctx, uid, deleting, &err, "looking up the account")),
+        Err(err) => {
+            return Ok(replicate_failure(
+                rd,
+                ctx,
+                uid,
+                deleting,
+                &err,
+                "looking up the account",
+            ));
+        }
     };
     let target = format!("{owner}/{name}");
 
@@ -361,7 +424,11 @@ async fn sync(
             ),
         );
         return Ok(Step::new(
-            Outcome { ready: Some(cond.clone()), synced: Some(cond), ..Default::default() },
+            Outcome {
+                ready: Some(cond.clone()),
+                synced: Some(cond),
+                ..Default::default()
+            },
             Action::await_change(),
         ));
     }
@@ -369,13 +436,16 @@ async fn sync(
 
     // Observe: a periodic resync reads the account's shared snapshot; anything else reads the
     // deployment itself.
-    let generation_seen = rd.status.as_ref().and_then(|s| s.observed_generation) == rd.metadata.generation;
+    let generation_seen =
+        rd.status.as_ref().and_then(|s| s.observed_generation) == rd.metadata.generation;
     let last_observed = ctx.remember(uid, |m| m.observed_at);
     let is_resync = generation_seen
         && !deleting
         && last_observed.is_none_or(|at| at.elapsed() >= ctx.settings.resync_interval / 2);
     let observed = if is_resync {
-        ctx.accounts.from_snapshot(&account, &token, &name, ctx.settings.resync_interval / 4).await
+        ctx.accounts
+            .from_snapshot(&account, &token, &name, ctx.settings.resync_interval / 4)
+            .await
     } else {
         match account.get_deployment(&owner, &name).await {
             Ok(d) => Ok(Some(live(&d))),
@@ -385,7 +455,16 @@ async fn sync(
     };
     let live_now = match observed {
         Ok(live) => live,
-        Err(err) => return Ok(replicate_failure(rd, ctx, uid, deleting, &err, "reading the deployment")),
+        Err(err) => {
+            return Ok(replicate_failure(
+                rd,
+                ctx,
+                uid,
+                deleting,
+                &err,
+                "reading the deployment",
+            ));
+        }
     };
     ctx.remember(uid, |m| {
         m.observed_at = Some(Instant::now());
@@ -410,28 +489,42 @@ async fn sync(
     };
     let planned = plan(&input, !generation_seen);
     debug!(?planned, deployment = %target, "planned");
-    act(rd, ctx, api, &account, &token, &owner, &name, live_now, planned).await
+    act(
+        rd, ctx, api, &account, &token, &owner, &name, live_now, planned,
+    )
+    .await
 }
 
 /// Reads the API token: the referenced Secret's key, else the operator's default token.
-async fn token_for(rd: &ReplicateDeployment, ctx: &Context) -> Result<Result<ApiToken, CredentialsProblem>, Error> {
+async fn token_for(
+    rd: &ReplicateDeployment,
+    ctx: &Context,
+) -> Result<Result<ApiToken, CredentialsProblem>, Error> {
     let Some(reference) = &rd.spec.credentials_secret_ref else {
         return Ok(ctx.default_token.clone().ok_or_else(|| {
             CredentialsProblem::Missing(
-                "no spec.credentialsSecretRef and the operator has no default REPLICATE_API_TOKEN".into(),
+                "no spec.credentialsSecretRef and the operator has no default REPLICATE_API_TOKEN"
+                    .into(),
             )
         }));
     };
     let namespace = rd.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.kube.clone(), &namespace);
-    let secret = secrets.get_opt(&reference.name).await.map_err(kube_err("reading the credentials Secret"))?;
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(kube_err("reading the credentials Secret"))?;
     let Some(secret) = secret else {
         return Ok(Err(CredentialsProblem::Missing(format!(
             "Secret {namespace}/{} (spec.credentialsSecretRef) does not exist",
             reference.name
         ))));
     };
-    let value = secret.data.as_ref().and_then(|d| d.get(&reference.key)).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
     match value.map(ApiToken::new).filter(|t| !t.expose().is_empty()) {
         Some(token) => Ok(Ok(token)),
         None => Ok(Err(CredentialsProblem::Missing(format!(
@@ -444,12 +537,24 @@ async fn token_for(rd: &ReplicateDeployment, ctx: &Context) -> Result<Result<Api
 /// Whether this resource may manage `target`: by its own claim, unless an older resource (or
 /// one that claimed first) holds the same claim.
 fn claim_of(rd: &ReplicateDeployment, store: &Store<ReplicateDeployment>, target: &str) -> Claim {
-    let ours = rd.annotations().get(CLAIM_ANNOTATION).is_some_and(|c| c == target);
-    let key = |r: &ReplicateDeployment| (r.metadata.creation_timestamp.clone().map(|t| t.0), r.namespace(), r.name_any());
+    let ours = rd
+        .annotations()
+        .get(CLAIM_ANNOTATION)
+        .is_some_and(|c| c == target);
+    let key = |r: &ReplicateDeployment| {
+        (
+            r.metadata.creation_timestamp.clone().map(|t| t.0),
+            r.namespace(),
+            r.name_any(),
+        )
+    };
     let held_by_other = store.state().iter().any(|other| {
         other.uid() != rd.uid()
             && other.metadata.deletion_timestamp.is_none()
-            && other.annotations().get(CLAIM_ANNOTATION).is_some_and(|c| c == target)
+            && other
+                .annotations()
+                .get(CLAIM_ANNOTATION)
+                .is_some_and(|c| c == target)
             && (!ours || key(other) < key(rd))
     });
     match (held_by_other, ours) {
@@ -476,15 +581,24 @@ async fn act(
     let target = format!("{owner}/{name}");
     let deleting = rd.metadata.deletion_timestamp.is_some();
     let available = |live: LiveDeployment| Outcome {
-        ready: Some(Cond::yes(reason::AVAILABLE, format!("Replicate deployment {target} matches the spec"))),
-        synced: Some(Cond::yes(reason::SYNCED, "The last reconcile reached Replicate and applied the spec")),
+        ready: Some(Cond::yes(
+            reason::AVAILABLE,
+            format!("Replicate deployment {target} matches the spec"),
+        )),
+        synced: Some(Cond::yes(
+            reason::SYNCED,
+            "The last reconcile reached Replicate and applied the spec",
+        )),
         live: Some(Some(live)),
         delete_not_before: Some(None),
     };
     let resync = Action::requeue(ctx.resync());
 
     match planned {
-        Plan::InSync => Ok(Step::new(available(live_now.expect("in sync means observed")), resync)),
+        Plan::InSync => Ok(Step::new(
+            available(live_now.expect("in sync means observed")),
+            resync,
+        )),
 
         Plan::Create => {
             set_claim(api, rd, Some(&target)).await?;
@@ -502,9 +616,17 @@ async fn act(
                     ctx.accounts.record(token, name, Some(&live)).await;
                     let existed_before = rd.status.as_ref().is_some_and(|s| s.deployment.is_some());
                     let (why, note) = if existed_before {
-                        (reason::RECREATED, format!("Recreated Replicate deployment {target}, which had been deleted outside Kubernetes"))
+                        (
+                            reason::RECREATED,
+                            format!(
+                                "Recreated Replicate deployment {target}, which had been deleted outside Kubernetes"
+                            ),
+                        )
                     } else {
-                        (reason::CREATED, format!("Created Replicate deployment {target}"))
+                        (
+                            reason::CREATED,
+                            format!("Created Replicate deployment {target}"),
+                        )
                     };
                     info!(deployment = %target, "created");
                     Ok(Step::new(available(live), resync).event(EventType::Normal, why, note))
@@ -517,7 +639,14 @@ async fn act(
                 Err(err) => {
                     // The deployment may exist even though the answer was lost: the claim is
                     // already written, so the next attempt finds it by name and takes it as ours.
-                    Ok(replicate_failure(rd, ctx, &uid, deleting, &err, "creating the deployment"))
+                    Ok(replicate_failure(
+                        rd,
+                        ctx,
+                        &uid,
+                        deleting,
+                        &err,
+                        "creating the deployment",
+                    ))
                 }
             }
         }
@@ -527,15 +656,30 @@ async fn act(
             let live = live_now.expect("adopt means observed");
             let note = format!("Adopted existing Replicate deployment {target}");
             if changes.is_empty() {
-                return Ok(Step::new(available(live), resync).event(EventType::Normal, reason::ADOPTED, note));
+                return Ok(Step::new(available(live), resync).event(
+                    EventType::Normal,
+                    reason::ADOPTED,
+                    note,
+                ));
             }
             match patch(account, owner, name, &changes).await {
                 Ok(updated) => {
                     ctx.accounts.record(token, name, Some(&updated)).await;
                     let note = format!("{note} and updated {}", changes.field_names().join(", "));
-                    Ok(Step::new(available(updated), resync).event(EventType::Normal, reason::ADOPTED, note))
+                    Ok(Step::new(available(updated), resync).event(
+                        EventType::Normal,
+                        reason::ADOPTED,
+                        note,
+                    ))
                 }
-                Err(err) => Ok(replicate_failure(rd, ctx, &uid, deleting, &err, "updating the adopted deployment")),
+                Err(err) => Ok(replicate_failure(
+                    rd,
+                    ctx,
+                    &uid,
+                    deleting,
+                    &err,
+                    "updating the adopted deployment",
+                )),
             }
         }
 
@@ -551,10 +695,21 @@ async fn act(
                         format!("Reverted {fields} of Replicate deployment {target}, changed outside Kubernetes"),
                     )
                 } else {
-                    step.event(EventType::Normal, reason::UPDATED, format!("Updated {fields} of Replicate deployment {target}"))
+                    step.event(
+                        EventType::Normal,
+                        reason::UPDATED,
+                        format!("Updated {fields} of Replicate deployment {target}"),
+                    )
                 })
             }
-            Err(err) => Ok(replicate_failure(rd, ctx, &uid, deleting, &err, "updating the deployment")),
+            Err(err) => Ok(replicate_failure(
+                rd,
+                ctx,
+                &uid,
+                deleting,
+                &err,
+                "updating the deployment",
+            )),
         },
 
         Plan::AlreadyExists => Ok(already_exists(&target, None, ctx)),
@@ -564,15 +719,26 @@ async fn act(
                 .store
                 .state()
                 .iter()
-                .find(|o| o.uid() != rd.uid() && o.annotations().get(CLAIM_ANNOTATION).is_some_and(|c| c == &target))
+                .find(|o| {
+                    o.uid() != rd.uid()
+                        && o.annotations()
+                            .get(CLAIM_ANNOTATION)
+                            .is_some_and(|c| c == &target)
+                })
                 .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any()))
                 .unwrap_or_else(|| "another ReplicateDeployment".into());
             let cond = Cond::no(
                 reason::CONFLICT,
-                format!("Replicate deployment {target} is already managed by ReplicateDeployment {holder}; give this resource another deploymentName or delete one of the two"),
+                format!(
+                    "Replicate deployment {target} is already managed by ReplicateDeployment {holder}; give this resource another deploymentName or delete one of the two"
+                ),
             );
             Ok(Step::new(
-                Outcome { ready: Some(cond.clone()), synced: Some(cond), ..Default::default() },
+                Outcome {
+                    ready: Some(cond.clone()),
+                    synced: Some(cond),
+                    ..Default::default()
+                },
                 resync,
             ))
         }
@@ -586,7 +752,12 @@ async fn act(
                 ),
             );
             Ok(Step::new(
-                Outcome { ready: Some(cond.clone()), synced: Some(cond), live: Some(live_now), ..Default::default() },
+                Outcome {
+                    ready: Some(cond.clone()),
+                    synced: Some(cond),
+                    live: Some(live_now),
+                    ..Default::default()
+                },
                 resync,
             ))
         }
@@ -605,11 +776,18 @@ async fn act(
         }
 
         Plan::ScaleToZero { delete_not_before } => {
-            let changes = Changes { min_instances: Some(0), max_instances: Some(0), ..Default::default() };
+            let changes = Changes {
+                min_instances: Some(0),
+                max_instances: Some(0),
+                ..Default::default()
+            };
             match patch(account, owner, name, &changes).await {
                 Ok(updated) => {
                     ctx.accounts.record(token, name, Some(&updated)).await;
-                    let until = Time(jiff::Timestamp::try_from(delete_not_before).unwrap_or_else(|_| jiff::Timestamp::now()));
+                    let until = Time(
+                        jiff::Timestamp::try_from(delete_not_before)
+                            .unwrap_or_else(|_| jiff::Timestamp::now()),
+                    );
                     let cond = Cond::no(
                         reason::WAITING_FOR_OFFLINE,
                         format!(
@@ -618,7 +796,9 @@ async fn act(
                             until.0
                         ),
                     );
-                    let wait = delete_not_before.duration_since(SystemTime::now()).unwrap_or_default();
+                    let wait = delete_not_before
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     Ok(Step::new(
                         Outcome {
                             ready: Some(cond.clone()),
@@ -628,9 +808,20 @@ async fn act(
                         },
                         Action::requeue(wait),
                     )
-                    .event(EventType::Normal, reason::DELETING, format!("Took Replicate deployment {target} offline before deleting it")))
+                    .event(
+                        EventType::Normal,
+                        reason::DELETING,
+                        format!("Took Replicate deployment {target} offline before deleting it"),
+                    ))
                 }
-                Err(err) => Ok(replicate_failure(rd, ctx, &uid, deleting, &err, "taking the deployment offline")),
+                Err(err) => Ok(replicate_failure(
+                    rd,
+                    ctx,
+                    &uid,
+                    deleting,
+                    &err,
+                    "taking the deployment offline",
+                )),
             }
         }
 
@@ -639,12 +830,18 @@ async fn act(
                 reason::WAITING_FOR_OFFLINE,
                 format!(
                     "Replicate deployment {target} is offline; waiting until about {} to delete it",
-                    jiff::Timestamp::try_from(until).map(|t| t.to_string()).unwrap_or_default()
+                    jiff::Timestamp::try_from(until)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
                 ),
             );
             let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
             Ok(Step::new(
-                Outcome { ready: Some(cond.clone()), synced: Some(Cond::yes(reason::DELETING, cond.message)), ..Default::default() },
+                Outcome {
+                    ready: Some(cond.clone()),
+                    synced: Some(Cond::yes(reason::DELETING, cond.message)),
+                    ..Default::default()
+                },
                 Action::requeue(wait),
             ))
         }
@@ -652,8 +849,11 @@ async fn act(
         Plan::Delete => match account.delete_deployment(owner, name).await {
             Ok(()) | Err(ApiError::NotFound { .. }) => {
                 ctx.accounts.record(token, name, None).await;
-                let mut step = Step::new(Outcome::default(), Action::await_change())
-                    .event(EventType::Normal, reason::DELETED, format!("Deleted Replicate deployment {target}"));
+                let mut step = Step::new(Outcome::default(), Action::await_change()).event(
+                    EventType::Normal,
+                    reason::DELETED,
+                    format!("Deleted Replicate deployment {target}"),
+                );
                 step.release = true;
                 Ok(step)
             }
@@ -667,13 +867,24 @@ async fn act(
                     ),
                 );
                 let mut step = Step::new(
-                    Outcome { ready: Some(cond.clone()), synced: Some(Cond::yes(reason::DELETING, cond.message)), ..Default::default() },
+                    Outcome {
+                        ready: Some(cond.clone()),
+                        synced: Some(Cond::yes(reason::DELETING, cond.message)),
+                        ..Default::default()
+                    },
                     Action::await_change(),
                 );
                 step.failed = true;
                 Ok(step)
             }
-            Err(err) => Ok(replicate_failure(rd, ctx, &uid, deleting, &err, "deleting the deployment")),
+            Err(err) => Ok(replicate_failure(
+                rd,
+                ctx,
+                &uid,
+                deleting,
+                &err,
+                "deleting the deployment",
+            )),
         },
     }
 }
@@ -687,20 +898,32 @@ fn already_exists(target: &str, detail: Option<&str>, ctx: &Context) -> Step {
     }
     let cond = Cond::no(reason::ALREADY_EXISTS, message);
     Step::new(
-        Outcome { ready: Some(cond.clone()), synced: Some(cond), ..Default::default() },
+        Outcome {
+            ready: Some(cond.clone()),
+            synced: Some(cond),
+            ..Default::default()
+        },
         Action::requeue(ctx.resync()),
     )
 }
 
 /// PATCH with only the changed fields; the answer is the new release.
-async fn patch(account: &AccountClient, owner: &str, name: &str, changes: &Changes) -> Result<LiveDeployment, ApiError> {
+async fn patch(
+    account: &AccountClient,
+    owner: &str,
+    name: &str,
+    changes: &Changes,
+) -> Result<LiveDeployment, ApiError> {
     let update = UpdateDeployment {
         version: changes.version.clone(),
         hardware: changes.hardware.clone(),
         min_instances: changes.min_instances.map(|n| n.max(0) as u32),
         max_instances: changes.max_instances.map(|n| n.max(0) as u32),
     };
-    account.update_deployment(owner, name, &update).await.map(|d| live(&d))
+    account
+        .update_deployment(owner, name, &update)
+        .await
+        .map(|d| live(&d))
 }
 
 /// Turns a failed Replicate call into conditions and a retry: retryable errors back off (and
@@ -715,7 +938,12 @@ fn replicate_failure(
 ) -> Step {
     let message = format!("Replicate answered while {doing}: {err}");
     warn!(error = %err, "{doing} failed");
-    if deleting && matches!(err, ApiError::Unauthenticated { .. } | ApiError::Forbidden { .. }) {
+    if deleting
+        && matches!(
+            err,
+            ApiError::Unauthenticated { .. } | ApiError::Forbidden { .. }
+        )
+    {
         return deletion_without_credentials(rd, ctx, uid, &message);
     }
     let (cond, ready, retry_after) = match err {
@@ -727,19 +955,39 @@ fn replicate_failure(
             let c = Cond::no(reason::INVALID_SPEC, message);
             // Terminal: the same request will fail the same way until the spec changes.
             return Step::new(
-                Outcome { ready: Some(c.clone()), synced: Some(c), ..Default::default() },
+                Outcome {
+                    ready: Some(c.clone()),
+                    synced: Some(c),
+                    ..Default::default()
+                },
                 Action::requeue(ctx.resync()),
             );
         }
-        ApiError::RateLimited { retry_after, .. } => (Cond::no(reason::RATE_LIMITED, message), None, *retry_after),
-        other => (Cond::no(reason::REPLICATE_ERROR, message), None, other.retry_after()),
+        ApiError::RateLimited { retry_after, .. } => {
+            (Cond::no(reason::RATE_LIMITED, message), None, *retry_after)
+        }
+        other => (
+            Cond::no(reason::REPLICATE_ERROR, message),
+            None,
+            other.retry_after(),
+        ),
     };
     // Ready stays as it was on transient errors; before the first success it says Creating.
     let ready = ready.or_else(|| {
-        let has_ready = rd.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == super::status::READY));
+        let has_ready = rd
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == super::status::READY));
         (!has_ready).then(|| Cond::no(reason::CREATING, "waiting for Replicate"))
     });
-    let mut step = Step::new(Outcome { ready, synced: Some(cond), ..Default::default() }, Action::await_change());
+    let mut step = Step::new(
+        Outcome {
+            ready,
+            synced: Some(cond),
+            ..Default::default()
+        },
+        Action::await_change(),
+    );
     step.failed = true;
     step.retry_after = retry_after;
     step
@@ -748,8 +996,15 @@ fn replicate_failure(
 /// A deletion whose credentials are gone or refused retries for a grace period, then removes
 /// the finalizer and leaves the deployment on Replicate, with a Warning Event that names it.
 /// Never stuck forever in Terminating.
-fn deletion_without_credentials(rd: &ReplicateDeployment, ctx: &Context, uid: &str, why: &str) -> Step {
-    let since = ctx.remember(uid, |m| *m.delete_blocked_since.get_or_insert_with(Instant::now));
+fn deletion_without_credentials(
+    rd: &ReplicateDeployment,
+    ctx: &Context,
+    uid: &str,
+    why: &str,
+) -> Step {
+    let since = ctx.remember(uid, |m| {
+        *m.delete_blocked_since.get_or_insert_with(Instant::now)
+    });
     let target = rd
         .annotations()
         .get(CLAIM_ANNOTATION)
@@ -772,7 +1027,10 @@ fn deletion_without_credentials(rd: &ReplicateDeployment, ctx: &Context, uid: &s
         }
         return step;
     }
-    let remaining = ctx.settings.credentials_grace.saturating_sub(since.elapsed());
+    let remaining = ctx
+        .settings
+        .credentials_grace
+        .saturating_sub(since.elapsed());
     let cond = Cond::no(
         reason::CREDENTIALS_MISSING,
         format!(
@@ -780,26 +1038,51 @@ fn deletion_without_credentials(rd: &ReplicateDeployment, ctx: &Context, uid: &s
             human(remaining)
         ),
     );
-    let mut step = Step::new(Outcome { ready: Some(cond.clone()), synced: Some(cond), ..Default::default() }, Action::requeue(remaining.min(ctx.settings.backoff_cap)));
+    let mut step = Step::new(
+        Outcome {
+            ready: Some(cond.clone()),
+            synced: Some(cond),
+            ..Default::default()
+        },
+        Action::requeue(remaining.min(ctx.settings.backoff_cap)),
+    );
     step.failed = false;
     step
 }
 
 fn human(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 60 && secs % 60 == 0 { format!("{}m", secs / 60) } else { format!("{secs}s") }
+    if secs >= 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
 }
 
-async fn add_finalizer(api: &Api<ReplicateDeployment>, rd: &ReplicateDeployment) -> Result<(), Error> {
+async fn add_finalizer(
+    api: &Api<ReplicateDeployment>,
+    rd: &ReplicateDeployment,
+) -> Result<(), Error> {
     let mut finalizers = rd.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
     set_finalizers(api, rd, finalizers, "adding the finalizer").await
 }
 
-async fn remove_finalizer(api: &Api<ReplicateDeployment>, rd: &ReplicateDeployment) -> Result<(), Error> {
-    let finalizers: Vec<String> = rd.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+async fn remove_finalizer(
+    api: &Api<ReplicateDeployment>,
+    rd: &ReplicateDeployment,
+) -> Result<(), Error> {
+    let finalizers: Vec<String> = rd
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
     match set_finalizers(api, rd, finalizers, "removing the finalizer").await {
-        Err(Error::Kube { source: kube::Error::Api(e), .. }) if e.code == 404 => Ok(()),
+        Err(Error::Kube {
+            source: kube::Error::Api(e),
+            ..
+        }) if e.code == 404 => Ok(()),
         other => other,
     }
 }
@@ -814,19 +1097,33 @@ async fn set_finalizers(
     action: &'static str,
 ) -> Result<(), Error> {
     let patch = json!({ "metadata": { "finalizers": finalizers, "resourceVersion": rd.resource_version() } });
-    api.patch(&rd.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(kube_err(action))?;
+    api.patch(
+        &rd.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(kube_err(action))?;
     Ok(())
 }
 
 /// Writes (or, with `None`, removes) the claim annotation.
-async fn set_claim(api: &Api<ReplicateDeployment>, rd: &ReplicateDeployment, target: Option<&str>) -> Result<(), Error> {
+async fn set_claim(
+    api: &Api<ReplicateDeployment>,
+    rd: &ReplicateDeployment,
+    target: Option<&str>,
+) -> Result<(), Error> {
     if rd.annotations().get(CLAIM_ANNOTATION).map(String::as_str) == target {
         return Ok(());
     }
     let patch = json!({ "metadata": { "annotations": { CLAIM_ANNOTATION: target } } });
-    api.patch(&rd.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(kube_err("writing the claim annotation"))?;
+    api.patch(
+        &rd.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(kube_err("writing the claim annotation"))?;
     Ok(())
 }
 

@@ -51,10 +51,18 @@ pub struct Cond {
 
 impl Cond {
     pub fn yes(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status: true, reason, message: message.into() }
+        Self {
+            status: true,
+            reason,
+            message: message.into(),
+        }
     }
     pub fn no(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status: false, reason, message: message.into() }
+        Self {
+            status: false,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -78,7 +86,9 @@ pub struct ControllerStatus {
 impl ControllerStatus {
     /// The controller's fields of a stored status.
     pub fn from_stored(status: Option<&ReplicateDeploymentStatus>) -> Self {
-        let Some(s) = status else { return Self::default() };
+        let Some(s) = status else {
+            return Self::default();
+        };
         Self {
             observed_generation: s.observed_generation,
             conditions: s.conditions.clone(),
@@ -148,7 +158,13 @@ pub fn next_status(
 }
 
 /// Sets one condition; `lastTransitionTime` moves only when the status flips.
-fn set_condition(conditions: &mut Vec<Condition>, type_: &str, want: &Cond, generation: Option<i64>, now: &Time) {
+fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    want: &Cond,
+    generation: Option<i64>,
+    now: &Time,
+) {
     let status = if want.status { "True" } else { "False" };
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(existing) => {
@@ -203,36 +219,83 @@ mod tests {
 
     #[test]
     fn a_repeated_outcome_changes_nothing() {
-        let first = next_status(&ControllerStatus::default(), &ready_outcome(), Some(1), None, &time(0));
+        let first = next_status(
+            &ControllerStatus::default(),
+            &ready_outcome(),
+            Some(1),
+            None,
+            &time(0),
+        );
         let second = next_status(&first, &ready_outcome(), Some(1), None, &time(600));
-        assert_eq!(first, second, "a no-op reconcile must produce an identical status");
-        assert_eq!(first.deployment.as_ref().unwrap().short_version.as_deref(), Some("0123456789ab"));
+        assert_eq!(
+            first, second,
+            "a no-op reconcile must produce an identical status"
+        );
+        assert_eq!(
+            first.deployment.as_ref().unwrap().short_version.as_deref(),
+            Some("0123456789ab")
+        );
     }
 
     #[test]
     fn transition_time_moves_only_when_the_status_flips() {
-        let first = next_status(&ControllerStatus::default(), &ready_outcome(), Some(1), None, &time(0));
-        let updating = Outcome { ready: Some(Cond::yes(reason::AVAILABLE, "updated")), ..ready_outcome() };
+        let first = next_status(
+            &ControllerStatus::default(),
+            &ready_outcome(),
+            Some(1),
+            None,
+            &time(0),
+        );
+        let updating = Outcome {
+            ready: Some(Cond::yes(reason::AVAILABLE, "updated")),
+            ..ready_outcome()
+        };
         let second = next_status(&first, &updating, Some(2), None, &time(10));
         let ready = second.condition(READY).unwrap();
-        assert_eq!(ready.last_transition_time, time(0), "True→True keeps the time");
+        assert_eq!(
+            ready.last_transition_time,
+            time(0),
+            "True→True keeps the time"
+        );
         assert_eq!(ready.message, "updated");
         assert_eq!(ready.observed_generation, Some(2));
 
-        let failing = Outcome { ready: Some(Cond::no(reason::INVALID_SPEC, "bad hardware")), ..ready_outcome() };
+        let failing = Outcome {
+            ready: Some(Cond::no(reason::INVALID_SPEC, "bad hardware")),
+            ..ready_outcome()
+        };
         let third = next_status(&second, &failing, Some(3), None, &time(20));
         let ready = third.condition(READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.last_transition_time.clone()), ("False", time(20)));
+        assert_eq!(
+            (ready.status.as_str(), ready.last_transition_time.clone()),
+            ("False", time(20))
+        );
     }
 
     #[test]
     fn a_transient_error_leaves_ready_alone() {
-        let first = next_status(&ControllerStatus::default(), &ready_outcome(), Some(1), None, &time(0));
-        let transient = Outcome { ready: None, synced: Some(Cond::no(reason::RATE_LIMITED, "429")), ..Default::default() };
+        let first = next_status(
+            &ControllerStatus::default(),
+            &ready_outcome(),
+            Some(1),
+            None,
+            &time(0),
+        );
+        let transient = Outcome {
+            ready: None,
+            synced: Some(Cond::no(reason::RATE_LIMITED, "429")),
+            ..Default::default()
+        };
         let second = next_status(&first, &transient, Some(1), None, &time(5));
         assert_eq!(second.condition(READY), first.condition(READY));
-        assert_eq!(second.condition(SYNCED).unwrap().reason, reason::RATE_LIMITED);
-        assert_eq!(second.deployment, first.deployment, "an unobserved deployment keeps its last view");
+        assert_eq!(
+            second.condition(SYNCED).unwrap().reason,
+            reason::RATE_LIMITED
+        );
+        assert_eq!(
+            second.deployment, first.deployment,
+            "an unobserved deployment keeps its last view"
+        );
     }
 
     #[test]
@@ -245,7 +308,20 @@ mod tests {
             &time(0),
         );
         let json = serde_json::to_value(&status).unwrap();
-        let keys: Vec<&str> = json.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys, ["conditions", "deployment", "observedGeneration", "webhookUrl"]);
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "conditions",
+                "deployment",
+                "observedGeneration",
+                "webhookUrl"
+            ]
+        );
     }
 }

@@ -85,9 +85,14 @@ async fn api_middleware(
     tracing::debug!(%method, %route, %path, "emulator request");
     // Keep a copy of JSON bodies for the journal (they are small; the limit guards the rest).
     let mut body_json = None;
-    if matches!(request.method(), &axum::http::Method::POST | &axum::http::Method::PATCH) {
+    if matches!(
+        request.method(),
+        &axum::http::Method::POST | &axum::http::Method::PATCH
+    ) {
         let (parts, body) = request.into_parts();
-        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let bytes = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         body_json = serde_json::from_slice::<serde_json::Value>(&bytes).ok();
         request = Request::from_parts(parts, axum::body::Body::from(bytes));
     }

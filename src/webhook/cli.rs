@@ -12,10 +12,11 @@ use std::time::Duration;
 use super::commit::CommitConfig;
 use super::kube_store::KubeStore;
 use super::secrets::{
-    API_TOKEN_ENV, ApiToken, CachedSecrets, DEFAULT_API_BASE_URL, KubeSecretLoader, KubeTokens,
-    ReplicateApiLoader, SecretSource, StaticSecrets, WEBHOOK_SECRET_ENV,
+    CachedSecrets, KubeSecretLoader, KubeTokens, ReplicateApiLoader, SecretSource, StaticSecrets,
+    WEBHOOK_SECRET_ENV,
 };
 use super::server::{WebhookConfig, WebhookServer};
+use crate::replicate::{ApiToken, ClientConfig, ReplicateClient};
 
 /// Options of the webhook sidecar.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,7 +48,7 @@ pub struct WebhookArgs {
     #[arg(long)]
     pub webhook_secret_ref: Option<String>,
     /// Replicate's API base URL, for fetching each account's webhook secret.
-    #[arg(long, env = "REPLICATE_API_BASE_URL", default_value = DEFAULT_API_BASE_URL)]
+    #[arg(long, env = "REPLICATE_API_BASE_URL", default_value = crate::replicate::DEFAULT_BASE_URL)]
     pub api_base_url: String,
     /// Watch ReplicateDeployments in this namespace only (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
@@ -78,21 +79,10 @@ pub async fn run(args: WebhookArgs) -> Result<(), BoxError> {
         ))
     } else {
         tracing::info!(api = %args.api_base_url, "webhook secrets: Replicate API, per account");
-        let default_token = std::env::var(API_TOKEN_ENV)
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .map(ApiToken::new);
-        let loader = ReplicateApiLoader {
-            http: reqwest::Client::builder()
-                .user_agent("replicate-operator-webhook")
-                .build()?,
-            base_url: args.api_base_url.clone(),
-            tokens: KubeTokens {
-                client: client.clone(),
-                default_token,
-            },
-        };
-        Arc::new(CachedSecrets::new(loader, refetch))
+        let default_token = ApiToken::from_env();
+        let replicate =
+            ReplicateClient::new(ClientConfig::default().with_base_url(&args.api_base_url)?)?;
+        replicate_api_secrets(client.clone(), replicate, default_token, refetch)
     };
 
     let config = WebhookConfig {
@@ -108,7 +98,9 @@ pub async fn run(args: WebhookArgs) -> Result<(), BoxError> {
     let server = WebhookServer::new(Arc::new(store), secrets, config);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, "webhook sidecar listening");
-    server.serve(listener, crate::cli::shutdown_signal()).await?;
+    server
+        .serve(listener, crate::cli::shutdown_signal())
+        .await?;
     Ok(())
 }
 
@@ -124,4 +116,23 @@ fn parse_secret_ref(reference: &str) -> Result<(&str, &str, &str), BoxError> {
         )
         .into()),
     }
+}
+
+/// The default secret source: each resource's account secret from Replicate's API, fetched with
+/// the resource's own credentials (or the default token), cached, and refetched at most every
+/// `refetch` after a signature fails.
+pub fn replicate_api_secrets(
+    client: kube::Client,
+    replicate: ReplicateClient,
+    default_token: Option<ApiToken>,
+    refetch: Duration,
+) -> Arc<dyn SecretSource> {
+    let loader = ReplicateApiLoader {
+        replicate,
+        tokens: KubeTokens {
+            client,
+            default_token,
+        },
+    };
+    Arc::new(CachedSecrets::new(loader, refetch))
 }

@@ -19,6 +19,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::store::ResourceInfo;
+pub use crate::replicate::ApiToken;
+use crate::replicate::ReplicateClient;
 use crate::signature::{SecretError, SigningKey, parse_secret_list};
 
 /// The keys to try, in order.
@@ -26,12 +28,6 @@ pub type Keys = Arc<[SigningKey]>;
 
 /// The environment variable holding static webhook secrets.
 pub const WEBHOOK_SECRET_ENV: &str = "REPLICATE_WEBHOOK_SECRET";
-/// The environment variable holding the operator's default Replicate API token.
-pub const API_TOKEN_ENV: &str = "REPLICATE_API_TOKEN";
-/// The environment variable overriding Replicate's API base URL.
-pub const API_BASE_URL_ENV: &str = "REPLICATE_API_BASE_URL";
-/// Replicate's API base URL.
-pub const DEFAULT_API_BASE_URL: &str = "https://api.replicate.com/v1";
 /// How often a failing signature may trigger a refetch of one account's secret.
 pub const DEFAULT_MIN_REFETCH: Duration = Duration::from_secs(30);
 
@@ -277,22 +273,6 @@ async fn read_secret_value(
         .map_err(|_| fail(format!("the value of {key:?} is not UTF-8")))
 }
 
-/// A Replicate API token. Its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiToken(String);
-
-impl ApiToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
-    }
-}
-
-impl std::fmt::Debug for ApiToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ApiToken(<redacted>)")
-    }
-}
-
 /// Finds the Replicate API token a resource acts with.
 pub trait TokenSource: Send + Sync + 'static {
     fn token_for<'a>(
@@ -331,14 +311,17 @@ impl TokenSource for KubeTokens {
                 Some(r) => {
                     let api = Api::namespaced(self.client.clone(), &resource.key.namespace);
                     let value = read_secret_value(&api, &r.name, &r.key).await?;
-                    Ok(ApiToken(value.trim().to_owned()))
+                    Ok(ApiToken::new(value))
                 }
                 None => self
                     .default_token
                     .clone()
                     .ok_or_else(|| SecretSourceError::NoToken {
                         resource: resource.key.to_string(),
-                        reason: format!("no credentialsSecretRef and {API_TOKEN_ENV} is not set"),
+                        reason: format!(
+                            "no credentialsSecretRef and {} is not set",
+                            crate::replicate::TOKEN_ENV
+                        ),
                     }),
             }
         })
@@ -347,8 +330,8 @@ impl TokenSource for KubeTokens {
 
 /// The account's default webhook secret from Replicate's API, with the resource's own token.
 pub struct ReplicateApiLoader<T> {
-    pub http: reqwest::Client,
-    pub base_url: String,
+    /// The operator's shared Replicate client (rate limits, retries, timeouts).
+    pub replicate: ReplicateClient,
     pub tokens: T,
 }
 
@@ -367,41 +350,24 @@ impl<T: TokenSource> SecretLoader for ReplicateApiLoader<T> {
     ) -> BoxFuture<'a, Result<Vec<SigningKey>, SecretSourceError>> {
         Box::pin(async move {
             let token = self.tokens.token_for(resource).await?;
-            let key = fetch_default_webhook_secret(&self.http, &self.base_url, &token).await?;
+            let key = fetch_default_webhook_secret(&self.replicate, &token).await?;
             Ok(vec![key])
         })
     }
 }
 
-/// `GET {base_url}/webhooks/default/secret` → `{"key": "whsec_…"}`.
-///
-/// Kept to this one function so it can be swapped for the shared Replicate client
-/// (`AccountClient::default_webhook_secret()`) once that lands.
+/// `GET /v1/webhooks/default/secret` → `{"key": "whsec_…"}`, as the account of `token`.
 pub async fn fetch_default_webhook_secret(
-    http: &reqwest::Client,
-    base_url: &str,
+    replicate: &ReplicateClient,
     token: &ApiToken,
 ) -> Result<SigningKey, SecretSourceError> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        key: String,
-    }
-    let url = format!("{}/webhooks/default/secret", base_url.trim_end_matches('/'));
-    let response = http
-        .get(url)
-        .bearer_auth(&token.0)
-        .timeout(Duration::from_secs(10))
-        .send()
+    let secret = replicate
+        .account(token.clone())
+        .default_webhook_secret()
         .await
-        .map_err(|e| SecretSourceError::Transport(e.without_url().to_string()))?;
-    if !response.status().is_success() {
-        return Err(SecretSourceError::Http {
-            status: response.status().as_u16(),
-        });
-    }
-    let body: Body = response
-        .json()
-        .await
-        .map_err(|e| SecretSourceError::Transport(e.without_url().to_string()))?;
-    Ok(SigningKey::from_secret(&body.key)?)
+        .map_err(|e| match e.status() {
+            Some(status) => SecretSourceError::Http { status },
+            None => SecretSourceError::Transport(e.to_string()),
+        })?;
+    Ok(SigningKey::from_secret(&secret.key)?)
 }

@@ -247,16 +247,20 @@ impl ControlPlane {
         let metrics = std::sync::Arc::new(Metrics::new());
         let mut config = emulator.client_config();
         let observer = metrics.clone();
-        config.observer = Some(std::sync::Arc::new(move |o: &replicate_operator::replicate::RequestOutcome| {
-            observer.replicate_request(o)
-        }));
+        config.observer = Some(std::sync::Arc::new(
+            move |o: &replicate_operator::replicate::RequestOutcome| observer.replicate_request(o),
+        ));
         let replicate = ReplicateClient::new(config).unwrap();
         let handle = tokio::spawn(controller::run(
             self.client.clone(),
             replicate,
             Some(emulator.demo_token()),
             settings,
-            Scope { namespace: Some(self.namespace.clone()), selector: None, concurrency: 4 },
+            Scope {
+                namespace: Some(self.namespace.clone()),
+                selector: None,
+                concurrency: 4,
+            },
             metrics.clone(),
             std::future::pending(),
         ));
@@ -266,7 +270,12 @@ impl ControlPlane {
     /// `kubectl wait` for a condition of one ReplicateDeployment.
     pub fn wait_for(&self, name: &str, condition: &str, timeout_secs: u32) -> KubectlOutput {
         self.run_kubectl(
-            &["wait", &format!("--for={condition}"), &format!("rdep/{name}"), &format!("--timeout={timeout_secs}s")],
+            &[
+                "wait",
+                &format!("--for={condition}"),
+                &format!("rdep/{name}"),
+                &format!("--timeout={timeout_secs}s"),
+            ],
             None,
         )
     }
@@ -274,15 +283,20 @@ impl ControlPlane {
 
 /// Starts an emulator with test timings.
 pub async fn start_emulator() -> replicate_operator::emulator::Emulator {
-    replicate_operator::emulator::Emulator::start(replicate_operator::emulator::config::EmulatorConfig::fast())
-        .await
-        .expect("the emulator starts")
+    replicate_operator::emulator::Emulator::start(
+        replicate_operator::emulator::config::EmulatorConfig::fast(),
+    )
+    .await
+    .expect("the emulator starts")
 }
 
 impl ControlPlane {
     /// One ReplicateDeployment, read through the API.
     pub async fn get_rd(&self, name: &str) -> Option<replicate_operator::crd::ReplicateDeployment> {
-        Api::<ReplicateDeployment>::namespaced(self.client.clone(), &self.namespace).get_opt(name).await.unwrap()
+        Api::<ReplicateDeployment>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(name)
+            .await
+            .unwrap()
     }
 
     /// Waits until condition `type_` of `name` has `status` and `reason`, and returns it.
@@ -321,9 +335,17 @@ impl ControlPlane {
 
     /// Waits until an Event with `reason` exists for `name`.
     pub async fn wait_event(&self, name: &str, reason: &str) {
-        eventually(&format!("event {reason} for {name}"), Duration::from_secs(60), || async {
-            self.event_reasons(name).await.iter().any(|r| r == reason).then_some(())
-        })
+        eventually(
+            &format!("event {reason} for {name}"),
+            Duration::from_secs(60),
+            || async {
+                self.event_reasons(name)
+                    .await
+                    .iter()
+                    .any(|r| r == reason)
+                    .then_some(())
+            },
+        )
         .await
     }
 }
@@ -338,7 +360,9 @@ pub fn hello_manifest(name: &str, extra_spec: &str) -> String {
 
 /// A Secret holding a Replicate token under key `token`.
 pub fn token_secret(name: &str, token: &str) -> String {
-    format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  token: {token}\n")
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\nstringData:\n  token: {token}\n"
+    )
 }
 
 /// Runs kubectl with a given kubeconfig and no default namespace.
@@ -366,7 +390,14 @@ impl ControlPlane {
     /// API (`kubectl create token`).
     pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
         let token = self
-            .admin(&["create", "token", name, "--namespace", namespace, "--duration=1h"])
+            .admin(&[
+                "create",
+                "token",
+                name,
+                "--namespace",
+                namespace,
+                "--duration=1h",
+            ])
             .ok()
             .stdout
             .trim()
@@ -380,8 +411,67 @@ impl ControlPlane {
             context["context"]["user"] = serde_json::json!(user);
             context["context"]["namespace"] = serde_json::json!(namespace);
         }
-        let path = self.kubeconfig().with_file_name(format!("kubeconfig-{namespace}-{name}.json"));
+        let path = self
+            .kubeconfig()
+            .with_file_name(format!("kubeconfig-{namespace}-{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         path
+    }
+}
+
+/// The webhook sidecar running in this test process; stopped when dropped.
+pub struct RunningSidecar {
+    pub base_url: String,
+    pub metrics: std::sync::Arc<replicate_operator::webhook::metrics::Metrics>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for RunningSidecar {
+    fn drop(&mut self) {
+        for handle in &self.handles {
+            handle.abort();
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Starts the webhook sidecar in-process on a loopback port, fetching secrets from the
+    /// emulator with its demo token, exactly as `replicate-operator webhook` assembles it.
+    pub async fn start_sidecar(
+        &self,
+        emulator: &replicate_operator::emulator::Emulator,
+    ) -> RunningSidecar {
+        use replicate_operator::webhook::{
+            cli, commit::CommitConfig, kube_store::KubeStore, server::*,
+        };
+        let (store, reflector) = KubeStore::new(self.client.clone(), Some(&self.namespace));
+        let reflector = tokio::spawn(reflector);
+        let replicate =
+            replicate_operator::replicate::ReplicateClient::new(emulator.client_config()).unwrap();
+        let secrets = cli::replicate_api_secrets(
+            self.client.clone(),
+            replicate,
+            Some(emulator.demo_token()),
+            Duration::from_secs(1),
+        );
+        let config = WebhookConfig {
+            commit: CommitConfig {
+                flush_interval: Duration::from_millis(20),
+                ..CommitConfig::default()
+            },
+            ..WebhookConfig::default()
+        };
+        let server = WebhookServer::new(std::sync::Arc::new(store), secrets, config);
+        let metrics = server.metrics();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let serving = tokio::spawn(async move {
+            let _ = server.serve(listener, std::future::pending()).await;
+        });
+        RunningSidecar {
+            base_url,
+            metrics,
+            handles: vec![reflector, serving],
+        }
     }
 }
