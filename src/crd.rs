@@ -21,6 +21,8 @@ pub const VERSION: &str = "v1alpha1";
 /// hardware SKU, scaled between `minInstances` and `maxInstances`. The operator creates the
 /// deployment on Replicate, keeps it in step with this spec and reports what it observes in
 /// `status`.
+// Each printcolumn repeats `type_`/`priority`, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "replicate-operator.dev",

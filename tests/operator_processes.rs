@@ -262,7 +262,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() {
             dir.path().join(format!("replica-{i}.log")),
         )
     };
-    let mut replicas = vec![Some(start(0)), Some(start(1))];
+    let mut replicas = [Some(start(0)), Some(start(1))];
 
     let leader = eventually("exactly one leader", Duration::from_secs(60), || async {
         let a = metric(ports[0], "replicate_operator_leader").await?;

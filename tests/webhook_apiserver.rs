@@ -141,7 +141,15 @@ async fn predictions_reach_the_status_exactly_once_and_rejected_deliveries_chang
     let mut tampered = body.clone();
     tampered[10] ^= 1;
     let stale = (jiff::Timestamp::now().as_second() - 3600).to_string();
-    let cases: Vec<(&str, Vec<(&'static str, String)>, Vec<u8>, String, u16)> = vec![
+    // (what, headers, body, target URL, expected status)
+    type Case = (
+        &'static str,
+        Vec<(&'static str, String)>,
+        Vec<u8>,
+        String,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         ("tampered body", good(), tampered, url.clone(), 401),
         (
             "wrong secret",
