@@ -702,14 +702,21 @@ async fn act(
                     )
                 })
             }
-            Err(err) => Ok(replicate_failure(
-                rd,
-                ctx,
-                &uid,
-                deleting,
-                &err,
-                "updating the deployment",
-            )),
+            Err(err) => {
+                let mut step =
+                    replicate_failure(rd, ctx, &uid, deleting, &err, "updating the deployment");
+                // The deployment differs from the spec until the update goes through.
+                if step.outcome.ready.is_none() && !step.release {
+                    step.outcome.ready = Some(Cond::no(
+                        reason::UPDATING,
+                        format!(
+                            "Replicate deployment {target} differs from the spec in {}; the update has not gone through yet",
+                            changes.field_names().join(", ")
+                        ),
+                    ));
+                }
+                Ok(step)
+            }
         },
 
         Plan::AlreadyExists => Ok(already_exists(&target, None, ctx)),
