@@ -31,10 +31,26 @@ spec:
 async fn create_update_and_delete_one_deployment() {
     let cp = ControlPlane::start().await;
     let emu = start_emulator().await;
-    let _controller = cp.start_controller(&emu, test_settings());
+    let controller = cp.start_controller(&emu, test_settings());
+    let calls = |emu: &replicate_operator::emulator::Emulator| -> Vec<String> {
+        emu.journal()
+            .iter()
+            .map(|e| format!("{} {} {}", e.method, e.route, e.status))
+            .collect()
+    };
 
     cp.apply(&manifest("hello", "")).ok();
     cp.wait_for("hello", "condition=Ready", 60).ok();
+    // Create: who the account is, whether the deployment exists, the create. One status write.
+    assert_eq!(
+        calls(&emu),
+        [
+            "GET /v1/account 200",
+            "GET /v1/deployments/{owner}/{name} 404",
+            "POST /v1/deployments 200"
+        ]
+    );
+    assert_eq!(controller.metrics.status_write_count(), 1);
     let live = emu
         .deployment("demo", "hello")
         .expect("the deployment exists on Replicate");
@@ -77,6 +93,32 @@ async fn create_update_and_delete_one_deployment() {
         counters.rows()
     );
     assert_eq!(counters.count("POST", DEPLOYMENTS), 0);
+    assert_eq!(
+        calls(&emu),
+        [
+            "GET /v1/deployments/{owner}/{name} 200",
+            "PATCH /v1/deployments/{owner}/{name} 200"
+        ]
+    );
+    // The PATCH carries exactly the four changed fields.
+    let patch = emu
+        .journal()
+        .into_iter()
+        .find(|e| e.method == "PATCH")
+        .unwrap()
+        .body
+        .unwrap();
+    let mut fields: Vec<&String> = patch.as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["hardware", "max_instances", "min_instances", "version"]
+    );
+    assert_eq!(
+        controller.metrics.status_write_count(),
+        2,
+        "one more status write"
+    );
     let config = emu
         .deployment("demo", "hello")
         .unwrap()
@@ -114,6 +156,50 @@ async fn create_update_and_delete_one_deployment() {
         counters.count_status("DELETE", DEPLOYMENT, 204) == 1,
         "{:?}",
         counters.rows()
+    );
+    let patch = emu
+        .journal()
+        .into_iter()
+        .find(|e| e.method == "PATCH")
+        .unwrap()
+        .body
+        .unwrap();
+    assert_eq!(
+        patch,
+        serde_json::json!({"min_instances": 0, "max_instances": 0})
+    );
+    println!(
+        "delete: {:?}; status writes in all: {}",
+        calls(&emu),
+        controller.metrics.status_write_count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_sends_only_the_changed_field() {
+    let cp = ControlPlane::start().await;
+    let emu = start_emulator().await;
+    let _controller = cp.start_controller(&emu, test_settings());
+    cp.apply(&manifest("one-field", "")).ok();
+    cp.wait_for("one-field", "condition=Ready", 60).ok();
+    emu.reset_counters();
+    cp.apply(&manifest("one-field", "").replace("maxInstances: 1", "maxInstances: 2"))
+        .ok();
+    cp.wait_for(
+        "one-field",
+        "jsonpath={.status.deployment.maxInstances}=2",
+        60,
+    )
+    .ok();
+    let patches: Vec<_> = emu
+        .journal()
+        .into_iter()
+        .filter(|e| e.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1);
+    assert_eq!(
+        patches[0].body,
+        Some(serde_json::json!({"max_instances": 2}))
     );
 }
 
