@@ -205,6 +205,17 @@ impl Step {
             retry_after: None,
         }
     }
+    /// Ready and Synced both False for the same reason: nothing can go on until it is fixed.
+    fn blocked(cond: Cond, action: Action) -> Self {
+        Self::new(
+            Outcome {
+                ready: Some(cond.clone()),
+                synced: Some(cond),
+                ..Default::default()
+            },
+            action,
+        )
+    }
     fn event(mut self, type_: EventType, reason: &'static str, note: impl Into<String>) -> Self {
         self.events.push((type_, reason, note.into()));
         self
@@ -380,14 +391,7 @@ async fn sync(
                 _ if deleting => return Ok(deletion_without_credentials(rd, ctx, uid, &why)),
                 _ => {
                     let cond = Cond::no(reason::CREDENTIALS_MISSING, why);
-                    let mut step = Step::new(
-                        Outcome {
-                            ready: Some(cond.clone()),
-                            synced: Some(cond),
-                            ..Default::default()
-                        },
-                        Action::await_change(),
-                    );
+                    let mut step = Step::blocked(cond, Action::await_change());
                     step.failed = true;
                     return Ok(step);
                 }
@@ -423,14 +427,7 @@ async fn sync(
                 "this resource manages the Replicate deployment {claimed}, but its spec now names {target}; a deployment cannot be renamed, so restore the previous name or create a new ReplicateDeployment"
             ),
         );
-        return Ok(Step::new(
-            Outcome {
-                ready: Some(cond.clone()),
-                synced: Some(cond),
-                ..Default::default()
-            },
-            Action::await_change(),
-        ));
+        return Ok(Step::blocked(cond, Action::await_change()));
     }
     let claim = claim_of(rd, &ctx.store, &target);
 
@@ -740,14 +737,7 @@ async fn act(
                     "Replicate deployment {target} is already managed by ReplicateDeployment {holder}; give this resource another deploymentName or delete one of the two"
                 ),
             );
-            Ok(Step::new(
-                Outcome {
-                    ready: Some(cond.clone()),
-                    synced: Some(cond),
-                    ..Default::default()
-                },
-                resync,
-            ))
+            Ok(Step::blocked(cond, resync))
         }
 
         Plan::ModelMismatch { live_model } => {
@@ -904,14 +894,7 @@ fn already_exists(target: &str, detail: Option<&str>, ctx: &Context) -> Step {
         message.push_str(&format!(" (Replicate: {detail})"));
     }
     let cond = Cond::no(reason::ALREADY_EXISTS, message);
-    Step::new(
-        Outcome {
-            ready: Some(cond.clone()),
-            synced: Some(cond),
-            ..Default::default()
-        },
-        Action::requeue(ctx.resync()),
-    )
+    Step::blocked(cond, Action::requeue(ctx.resync()))
 }
 
 /// PATCH with only the changed fields; the answer is the new release.
@@ -961,14 +944,7 @@ fn replicate_failure(
         ApiError::Invalid { .. } => {
             let c = Cond::no(reason::INVALID_SPEC, message);
             // Terminal: the same request will fail the same way until the spec changes.
-            return Step::new(
-                Outcome {
-                    ready: Some(c.clone()),
-                    synced: Some(c),
-                    ..Default::default()
-                },
-                Action::requeue(ctx.resync()),
-            );
+            return Step::blocked(c, Action::requeue(ctx.resync()));
         }
         ApiError::RateLimited { retry_after, .. } => {
             (Cond::no(reason::RATE_LIMITED, message), None, *retry_after)
@@ -1045,12 +1021,8 @@ fn deletion_without_credentials(
             human(remaining)
         ),
     );
-    let mut step = Step::new(
-        Outcome {
-            ready: Some(cond.clone()),
-            synced: Some(cond),
-            ..Default::default()
-        },
+    let mut step = Step::blocked(
+        cond,
         Action::requeue(remaining.min(ctx.settings.backoff_cap)),
     );
     step.failed = false;
