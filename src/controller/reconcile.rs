@@ -441,7 +441,7 @@ async fn sync(
         && last_observed.is_none_or(|at| at.elapsed() >= ctx.settings.resync_interval / 2);
     let observed = if is_resync {
         ctx.accounts
-            .from_snapshot(&account, &token, &name, ctx.settings.resync_interval / 4)
+            .from_snapshot(&account, &token, &name, ctx.settings.resync_interval / 2)
             .await
     } else {
         match account.get_deployment(&owner, &name).await {
