@@ -78,7 +78,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Parser)]
 struct Options {
     /// Stop right after the demo instead of running until Ctrl-C.
-    #[arg(long, env = "RUN_EXIT_AFTER_DEMO")]
+    #[arg(long, env = "RUN_EXIT_AFTER_DEMO", value_parser = clap::builder::BoolishValueParser::new())]
     exit_when_ready: bool,
     /// The run directory (kubeconfig, control-plane data); removed on exit.
     #[arg(long, env = "REPLICATE_OPERATOR_RUN_DIR")]
@@ -254,11 +254,11 @@ async fn run(options: Options, run_dir: PathBuf) -> ExitCode {
 
     let code = match outcome {
         Outcome::Ready => {
-            let kube = &stack.control_plane.as_ref().expect("started").kube;
-            print_how_to_use(kube, &stack);
             if options.exit_when_ready {
                 println!("{READY_LINE} (exiting: --exit-when-ready)");
             } else {
+                let kube = &stack.control_plane.as_ref().expect("started").kube;
+                print_how_to_use(kube, &stack);
                 println!(
                     "{READY_LINE}; Ctrl-C stops everything and removes {}",
                     run_dir.display()
