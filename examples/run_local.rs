@@ -234,9 +234,9 @@ async fn run(options: Options, run_dir: PathBuf) -> ExitCode {
         Err(e) => Outcome::Failed(e),
         Ok(control_plane) => {
             println!(
-                "  control plane    {}  (etcd + kube-apiserver {}, up in {})",
+                "  control plane    {}  ({}, up in {})",
                 control_plane.server_url,
-                control_plane.version_hint,
+                control_plane.description,
                 secs(started.elapsed())
             );
             let kube = control_plane.kube.clone();
@@ -335,7 +335,9 @@ async fn finish<T>(name: &str, mut task: JoinHandle<T>) {
 struct ControlPlane {
     kube: Kube,
     server_url: String,
-    version_hint: String,
+    /// `etcd + kube-apiserver 1.37.2`, the version taken from the name of the assets directory
+    /// (binaries built from Go modules report none themselves).
+    description: String,
     // Dropping it stops etcd and kube-apiserver; `stop` does so explicitly first.
     server: envtest::Server,
 }
@@ -353,7 +355,7 @@ struct Kube {
 
 impl ControlPlane {
     async fn start(run_dir: &Path) -> Result<Self, String> {
-        let (assets, version_hint) = assets_dir();
+        let assets = assets_dir();
         for binary in ["etcd", "kube-apiserver", "kubectl"] {
             if !assets.join(binary).exists() {
                 return Err(format!(
@@ -394,6 +396,7 @@ impl ControlPlane {
                 .map_err(|e| format!("envtest's kubeconfig: {e}"))?;
         let client = Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))?;
         Ok(Self {
+            description: describe(&assets),
             kube: Kube {
                 client,
                 kubectl: assets.join("kubectl"),
@@ -402,7 +405,6 @@ impl ControlPlane {
                 assets,
             },
             server_url,
-            version_hint,
             server,
         })
     }
@@ -415,12 +417,26 @@ impl ControlPlane {
     }
 }
 
-/// The control-plane binaries, and the version they were built for (for the output only).
-fn assets_dir() -> (PathBuf, String) {
-    let version = std::env::var("K8S_VERSION").unwrap_or_else(|_| DEFAULT_K8S_VERSION.into());
-    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
-        return (PathBuf::from(dir), version);
+fn describe(assets: &Path) -> String {
+    let name = assets
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let is_version = !name.is_empty() && name.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if is_version {
+        format!("etcd + kube-apiserver {name}")
+    } else {
+        "etcd + kube-apiserver".into()
     }
+}
+
+/// The control-plane binaries: KUBEBUILDER_ASSETS (the Makefile sets it), else where
+/// `make envtest-assets` puts them.
+fn assets_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KUBEBUILDER_ASSETS").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let version = std::env::var("K8S_VERSION").unwrap_or_else(|_| DEFAULT_K8S_VERSION.into());
     let cache = std::env::var_os("REPLICATE_OPERATOR_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -431,7 +447,7 @@ fn assets_dir() -> (PathBuf, String) {
                 })
                 .join("replicate-operator")
         });
-    (cache.join("envtest").join(&version), version)
+    cache.join("envtest").join(version)
 }
 
 impl Kube {
@@ -479,8 +495,8 @@ async fn demo(stack: &mut Stack, kube: &Kube, stop: &Stop, started: Instant) -> 
     let sidecar_url = start_sidecar(stack, kube, &emulator_base_url, stop).await?;
     println!("  webhook sidecar  {sidecar_url}  (verifies the emulator's signed webhooks)");
 
-    let replicate = ReplicateClient::new(replicate_config.clone())
-        .map_err(|e| format!("Replicate client: {e}"))?;
+    let replicate =
+        ReplicateClient::new(replicate_config).map_err(|e| format!("Replicate client: {e}"))?;
     let settings = Settings {
         // Short, so drift made through the emulator shows up quickly in the demo.
         resync_interval: Duration::from_secs(30),
@@ -510,8 +526,11 @@ async fn demo(stack: &mut Stack, kube: &Kube, stop: &Stop, started: Instant) -> 
 
     // The API server creates the `default` namespace shortly after it starts serving.
     let namespaces: Api<Namespace> = Api::all(kube.client.clone());
-    await_condition(namespaces, NAMESPACE, |ns: Option<&Namespace>| ns.is_some())
+    let has_namespace =
+        await_condition(namespaces, NAMESPACE, |ns: Option<&Namespace>| ns.is_some());
+    tokio::time::timeout(READY_TIMEOUT, has_namespace)
         .await
+        .map_err(|_| format!("no namespace {NAMESPACE} after {}", secs(READY_TIMEOUT)))?
         .map_err(|e| format!("waiting for namespace {NAMESPACE}: {e}"))?;
 
     // Watching from before the apply, so every resource is timed from when it appeared.
@@ -657,9 +676,19 @@ async fn track_readiness(
             }
         }
     });
-    is_synced
-        .await
-        .map_err(|_| "the watch of ReplicateDeployments ended before it started".to_string())?;
+    match tokio::time::timeout(READY_TIMEOUT, is_synced).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => {
+            return Err("the watch of ReplicateDeployments ended before it started".into());
+        }
+        Err(_) => {
+            task.abort();
+            return Err(format!(
+                "could not watch ReplicateDeployments within {}",
+                secs(READY_TIMEOUT)
+            ));
+        }
+    }
     Ok((task, receiver))
 }
 
