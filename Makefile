@@ -15,7 +15,7 @@ export REPLICATE_OPERATOR_CACHE := $(CACHE)
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-run: tools envtest-assets build ## Run the operator on a local control plane + the Replicate emulator (no account needed)
+run: tools envtest-assets ## Run the operator on a local control plane + the Replicate emulator (no account needed)
 	@hack/run-local.sh
 
 test: tools envtest-assets ## Set up and run every test (unit, real kube-apiserver, kubectl, emulator)
