@@ -39,12 +39,10 @@ use replicate_operator::emulator::{
 };
 use replicate_operator::metrics::Metrics;
 use replicate_operator::replicate::{
-    ApiToken, CreateDeployment, PredictionRequest, ReplicateClient, WebhookEvent,
+    ApiToken, ClientConfig, CreateDeployment, PredictionRequest, ReplicateClient, WebhookEvent,
 };
 use replicate_operator::webhook::kube_store::KubeStore;
-use replicate_operator::webhook::secrets::{
-    self, CachedSecrets, DEFAULT_MIN_REFETCH, KubeTokens, ReplicateApiLoader,
-};
+use replicate_operator::webhook::secrets::DEFAULT_MIN_REFETCH;
 use replicate_operator::webhook::server::{WebhookConfig, WebhookServer};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -613,18 +611,18 @@ async fn start_sidecar(
 ) -> Result<String, String> {
     let (store, cache) = KubeStore::new(kube.client.clone(), None);
     stack.sidecar_cache = Some(tokio::spawn(cache));
-    let loader = ReplicateApiLoader {
-        http: reqwest::Client::builder()
-            .user_agent("replicate-operator-webhook")
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?,
-        base_url: api_base_url.to_owned(),
-        tokens: KubeTokens {
-            client: kube.client.clone(),
-            default_token: Some(secrets::ApiToken::new(DEMO_TOKEN)),
-        },
-    };
-    let secrets = Arc::new(CachedSecrets::new(loader, DEFAULT_MIN_REFETCH));
+    let replicate = ReplicateClient::new(
+        ClientConfig::default()
+            .with_base_url(api_base_url)
+            .map_err(|e| format!("the emulator URL: {e}"))?,
+    )
+    .map_err(|e| format!("HTTP client: {e}"))?;
+    let secrets = replicate_operator::webhook::cli::replicate_api_secrets(
+        kube.client.clone(),
+        replicate,
+        Some(ApiToken::new(DEMO_TOKEN)),
+        DEFAULT_MIN_REFETCH,
+    );
     let server = WebhookServer::new(Arc::new(store), secrets, WebhookConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -24,6 +24,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
     method: String,
@@ -39,6 +44,7 @@ pub struct Metrics {
     request_duration: Family<RequestLabels, Histogram>,
     rate_limit_wait: Histogram,
     status_writes: Counter,
+    problems: Family<ReasonLabels, Counter>,
     leader: Gauge,
     ready: AtomicBool,
     reconcile_duration_count: AtomicU64,
@@ -91,6 +97,12 @@ impl Metrics {
             "Status writes to the Kubernetes API",
             status_writes.clone(),
         );
+        let problems = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended with Synced=False, by condition reason",
+            problems.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -105,6 +117,7 @@ impl Metrics {
             request_duration,
             rate_limit_wait,
             status_writes,
+            problems,
             leader,
             ready: AtomicBool::new(false),
             reconcile_duration_count: AtomicU64::new(0),
@@ -148,6 +161,15 @@ impl Metrics {
     /// Status writes so far.
     pub fn status_write_count(&self) -> u64 {
         self.status_writes.get()
+    }
+
+    /// A reconcile that ended with Synced=False for `reason` (RateLimited, Unauthorized, ...).
+    pub fn reconcile_error(&self, reason: &str) {
+        self.problems
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn status_written(&self) {

@@ -272,6 +272,11 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
         &now,
     );
 
+    if let Some(synced) = &step.outcome.synced
+        && !synced.status
+    {
+        ctx.metrics.reconcile_error(synced.reason);
+    }
     let mut events = step.events;
     // One Warning per new problem, not one per retry: only when the Synced condition changes.
     if let (Some(new), old) = (
