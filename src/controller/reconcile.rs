@@ -185,7 +185,7 @@ enum CredentialsProblem {
 struct Step {
     outcome: Outcome,
     action: Action,
-    events: Vec<(EventType, &'static str, String)>,
+    events: Vec<(EventType, String, String)>,
     /// Deletion is complete (or abandoned): remove the finalizer.
     release: bool,
     /// Count this reconcile as a failure for the backoff.
@@ -217,7 +217,7 @@ impl Step {
         )
     }
     fn event(mut self, type_: EventType, reason: &'static str, note: impl Into<String>) -> Self {
-        self.events.push((type_, reason, note.into()));
+        self.events.push((type_, reason.to_string(), note.into()));
         self
     }
 }
@@ -285,8 +285,7 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
     ) && new.status == "False"
         && old.is_none_or(|o| o.reason != new.reason || o.message != new.message)
     {
-        let reason = static_reason(&new.reason);
-        events.push((EventType::Warning, reason, new.message.clone()));
+        events.push((EventType::Warning, new.reason.clone(), new.message.clone()));
     }
 
     if next != stored && !step.release {
@@ -309,7 +308,7 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
     for (type_, reason, note) in events {
         let event = Event {
             type_,
-            reason: reason.into(),
+            reason,
             note: Some(truncate(&note, 1000)),
             action: "Reconcile".into(),
             secondary: None,
@@ -338,26 +337,6 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
     } else {
         step.action
     })
-}
-
-fn static_reason(reason: &str) -> &'static str {
-    use reason::*;
-    [
-        CREATING,
-        INVALID_SPEC,
-        ALREADY_EXISTS,
-        CONFLICT,
-        MODEL_MISMATCH,
-        CREDENTIALS_MISSING,
-        UNAUTHORIZED,
-        RATE_LIMITED,
-        REPLICATE_ERROR,
-        WAITING_FOR_OFFLINE,
-        DELETING,
-    ]
-    .into_iter()
-    .find(|r| *r == reason)
-    .unwrap_or(REPLICATE_ERROR)
 }
 
 fn truncate(text: &str, max: usize) -> String {
@@ -1026,12 +1005,10 @@ fn deletion_without_credentials(
             human(remaining)
         ),
     );
-    let mut step = Step::blocked(
+    Step::blocked(
         cond,
         Action::requeue(remaining.min(ctx.settings.backoff_cap)),
-    );
-    step.failed = false;
-    step
+    )
 }
 
 fn human(d: Duration) -> String {
