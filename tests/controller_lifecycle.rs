@@ -39,8 +39,18 @@ async fn create_update_and_delete_one_deployment() {
             .collect()
     };
 
+    let writes = cp.record_writes("hello").await;
     cp.apply(&manifest("hello", "")).ok();
     cp.wait_for("hello", "condition=Ready", 60).ok();
+    cp.wait_event("hello", "Created").await;
+    // API-server writes on create: kubectl's create, then the finalizer, the claim annotation and
+    // one status write (a restarted watch can only make the count lower, never higher).
+    let created = writes.count();
+    assert!(
+        (2..=4).contains(&created),
+        "{created} writes to the resource on create"
+    );
+    assert_eq!(cp.event_reasons("hello").await, ["Created"]);
     // Create: who the account is, whether the deployment exists, the create. One status write.
     assert_eq!(
         calls(&emu),
@@ -119,6 +129,12 @@ async fn create_update_and_delete_one_deployment() {
         2,
         "one more status write"
     );
+    cp.wait_event("hello", "Updated").await;
+    let updated = writes.count() - created;
+    assert!(
+        updated <= 2,
+        "{updated} writes on update: kubectl's and one status write"
+    );
     let config = emu
         .deployment("demo", "hello")
         .unwrap()
@@ -168,8 +184,16 @@ async fn create_update_and_delete_one_deployment() {
         patch,
         serde_json::json!({"min_instances": 0, "max_instances": 0})
     );
+    // Deletion: kubectl's (deletionTimestamp), one status write (waiting for offline), the
+    // finalizer's removal, and the removal itself.
+    let deleted = writes.count() - created - updated;
+    assert!(deleted <= 4, "{deleted} writes on delete");
+    let mut reasons = cp.event_reasons("hello").await;
+    reasons.sort();
+    assert_eq!(reasons, ["Created", "Deleted", "Deleting", "Updated"]);
     println!(
-        "delete: {:?}; status writes in all: {}",
+        "resource writes (incl. kubectl's): create {created}, update {updated}, delete {deleted}; \
+         delete calls: {:?}; status writes in all: {}",
         calls(&emu),
         controller.metrics.status_write_count()
     );

@@ -475,3 +475,64 @@ impl ControlPlane {
         }
     }
 }
+
+/// Records every version of one ReplicateDeployment that the API server hands out, so a test
+/// can count the writes made to it (by kubectl, the controller and the sidecar alike).
+pub struct WriteRecorder {
+    versions: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for WriteRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl WriteRecorder {
+    /// Distinct versions seen so far. A watch that had to restart would collapse versions, so
+    /// this never counts more writes than happened.
+    pub fn count(&self) -> usize {
+        self.versions.lock().unwrap().len()
+    }
+}
+
+impl ControlPlane {
+    /// Starts recording the versions of the ReplicateDeployment `name` (also before it exists).
+    pub async fn record_writes(&self, name: &str) -> WriteRecorder {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let api = Api::<ReplicateDeployment>::namespaced(self.client.clone(), &self.namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let seen = versions.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut events = std::pin::pin!(watcher(api, config));
+            while let Some(event) = events.next().await {
+                let rv = match event {
+                    Ok(watcher::Event::Apply(rd)) | Ok(watcher::Event::Delete(rd)) => {
+                        rd.metadata.resource_version
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(tx) = ready.take() {
+                            let _ = tx.send(());
+                        }
+                        None
+                    }
+                    _ => None,
+                };
+                let mut seen = seen.lock().unwrap();
+                if let Some(rv) = rv
+                    && !seen.contains(&rv)
+                {
+                    seen.push(rv);
+                }
+            }
+        });
+        // Only once the watch is established can no write slip past it.
+        ready_rx.await.expect("the watch starts");
+        WriteRecorder { versions, task }
+    }
+}
