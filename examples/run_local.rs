@@ -170,6 +170,9 @@ fn claim_run_dir(run_dir: &Path, tmp: &Path) -> Result<(), String> {
                 run_dir.display()
             ));
         }
+        // A run killed with SIGKILL leaves its etcd and kube-apiserver running; their command
+        // lines point into the run directory, which is how they are found.
+        stop_leftover_processes(run_dir);
         std::fs::remove_dir_all(run_dir)
             .map_err(|e| format!("cannot clear the stale {}: {e}", run_dir.display()))?;
     }
@@ -180,6 +183,32 @@ fn claim_run_dir(run_dir: &Path, tmp: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     std::fs::write(&pid_file, std::process::id().to_string())
         .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))
+}
+
+/// Kills processes whose command line mentions `run_dir` (a killed run's control plane).
+fn stop_leftover_processes(run_dir: &Path) {
+    let needle = run_dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            eprintln!("stopping process {pid}, left running by an earlier run");
+            let _ = std::process::Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
 }
 
 /// One stop signal for every component: Ctrl-C, SIGTERM, or the end of the demo.
