@@ -6,6 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+
 use common::{ControlPlane, hello_manifest, start_emulator, test_settings, token_secret};
 use replicate_operator::emulator::config::{DEMO_TOKEN, versions};
 use replicate_operator::emulator::{FaultAction, FaultRule, NO_ANSWER};
@@ -163,6 +166,22 @@ async fn credentials_come_from_the_referenced_secret_and_its_changes() {
     assert!(
         calls <= 6,
         "backoff must keep a failing resource quiet, saw {calls} calls in 3 s"
+    );
+    // And one Warning for the problem, not one per retry (a repeat would show as a series).
+    let events = Api::<Event>::namespaced(cp.client.clone(), &cp.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let warnings: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("Unauthorized"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].series.is_none(),
+        "published once: {:?}",
+        warnings[0].series
     );
 
     // Fixing the Secret is picked up without a restart (the Secret is watched).

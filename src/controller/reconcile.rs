@@ -278,12 +278,13 @@ async fn reconcile_inner(rd: &ReplicateDeployment, ctx: &Context) -> Result<Acti
         ctx.metrics.reconcile_error(synced.reason);
     }
     let mut events = step.events;
-    // One Warning per new problem, not one per retry: only when the Synced condition changes.
+    // One Warning per new problem, not one per retry: only when Synced turns False or its
+    // reason changes (a retry of the same problem may word it differently, e.g. a new wait).
     if let (Some(new), old) = (
         next.condition(super::status::SYNCED),
         stored.condition(super::status::SYNCED),
     ) && new.status == "False"
-        && old.is_none_or(|o| o.reason != new.reason || o.message != new.message)
+        && old.is_none_or(|o| o.status != "False" || o.reason != new.reason)
     {
         events.push((EventType::Warning, new.reason.clone(), new.message.clone()));
     }
